@@ -9,6 +9,7 @@
 
 #include <bit>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <unordered_set>
@@ -102,68 +103,68 @@ absl::Status ReadScalar(Cursor& c, GgufValueType type, GgufValue* v,
   v->type = type;
   switch (type) {
     case GgufValueType::kUint8: {
-      uint8_t x;
+      uint8_t x = 0;
       RETURN_IF_ERROR(c.Read(&x, key));
       v->u = x; v->i = x; v->f = x;
       return absl::OkStatus();
     }
     case GgufValueType::kInt8: {
-      int8_t x;
+      int8_t x = 0;
       RETURN_IF_ERROR(c.Read(&x, key));
       v->i = x; v->u = static_cast<uint64_t>(x); v->f = x;
       return absl::OkStatus();
     }
     case GgufValueType::kUint16: {
-      uint16_t x;
+      uint16_t x = 0;
       RETURN_IF_ERROR(c.Read(&x, key));
       v->u = x; v->i = x; v->f = x;
       return absl::OkStatus();
     }
     case GgufValueType::kInt16: {
-      int16_t x;
+      int16_t x = 0;
       RETURN_IF_ERROR(c.Read(&x, key));
       v->i = x; v->u = static_cast<uint64_t>(x); v->f = x;
       return absl::OkStatus();
     }
     case GgufValueType::kUint32: {
-      uint32_t x;
+      uint32_t x = 0;
       RETURN_IF_ERROR(c.Read(&x, key));
       v->u = x; v->i = x; v->f = x;
       return absl::OkStatus();
     }
     case GgufValueType::kInt32: {
-      int32_t x;
+      int32_t x = 0;
       RETURN_IF_ERROR(c.Read(&x, key));
       v->i = x; v->u = static_cast<uint64_t>(x); v->f = x;
       return absl::OkStatus();
     }
     case GgufValueType::kUint64: {
-      uint64_t x;
+      uint64_t x = 0;
       RETURN_IF_ERROR(c.Read(&x, key));
       v->u = x; v->i = static_cast<int64_t>(x); v->f = static_cast<double>(x);
       return absl::OkStatus();
     }
     case GgufValueType::kInt64: {
-      int64_t x;
+      int64_t x = 0;
       RETURN_IF_ERROR(c.Read(&x, key));
       v->i = x; v->u = static_cast<uint64_t>(x); v->f = static_cast<double>(x);
       return absl::OkStatus();
     }
     case GgufValueType::kFloat32: {
-      float x;
+      float x = 0;
       RETURN_IF_ERROR(c.Read(&x, key));
       v->f = x;
       return absl::OkStatus();
     }
     case GgufValueType::kFloat64: {
-      double x;
+      double x = 0;
       RETURN_IF_ERROR(c.Read(&x, key));
       v->f = x;
       return absl::OkStatus();
     }
     case GgufValueType::kBool: {
       const uint64_t at = c.pos();
-      uint8_t x;
+      uint8_t x = 0;
       RETURN_IF_ERROR(c.Read(&x, key));
       if (x > 1) {
         return c.Error(at, absl::StrCat("bool value ", int{x}, " of '", Sv(key),
@@ -233,9 +234,11 @@ absl::Status ReadArray(Cursor& c, GgufValue* v, int depth, std::string_view key)
                                           v->count, " elements; only ",
                                           c.remaining(), " bytes left"));
   }
-  v->items.resize(v->count);
+  // Grow as elements parse, not by the claimed count: a GgufValue is ~10x
+  // the 12 bytes an empty nested array needs on disk, so a forged count in a
+  // large file must not cost memory before the bytes behind it are seen.
   for (uint64_t k = 0; k < v->count; ++k) {
-    RETURN_IF_ERROR(ReadArray(c, &v->items[k], depth + 1, key));
+    RETURN_IF_ERROR(ReadArray(c, &v->items.emplace_back(), depth + 1, key));
   }
   return absl::OkStatus();
 }
@@ -319,6 +322,16 @@ T LoadAt(const uint8_t* p, uint64_t k) {
   std::memcpy(&x, p + k * sizeof(T), sizeof(T));
   return x;
 }
+
+// Float to int64 without the undefined behaviour of an out-of-range cast:
+// NaN gives 0, values beyond the range clamp to its ends.
+int64_t SaturatingInt(double x) {
+  if (std::isnan(x)) return 0;
+  // 2^63 is exactly representable; every double below it converts.
+  if (x >= 9223372036854775808.0) return std::numeric_limits<int64_t>::max();
+  if (x <= -9223372036854775808.0) return std::numeric_limits<int64_t>::min();
+  return static_cast<int64_t>(x);
+}
 }  // namespace
 
 double GgufValue::NumberAt(uint64_t k) const {
@@ -341,8 +354,8 @@ int64_t GgufValue::IntAt(uint64_t k) const {
     case GgufValueType::kInt32: return LoadAt<int32_t>(raw, k);
     case GgufValueType::kUint64: return static_cast<int64_t>(LoadAt<uint64_t>(raw, k));
     case GgufValueType::kInt64: return LoadAt<int64_t>(raw, k);
-    case GgufValueType::kFloat32: return static_cast<int64_t>(LoadAt<float>(raw, k));
-    case GgufValueType::kFloat64: return static_cast<int64_t>(LoadAt<double>(raw, k));
+    case GgufValueType::kFloat32: return SaturatingInt(LoadAt<float>(raw, k));
+    case GgufValueType::kFloat64: return SaturatingInt(LoadAt<double>(raw, k));
     default: return 0;
   }
 }
@@ -426,15 +439,17 @@ absl::Status GgufFile::Parse() {
                                        " bytes"));
   }
 
-  kv_.resize(n_kv);
+  // kv_ and tensors_ grow as records parse (see ReadArray for why).
   std::unordered_set<std::string_view> keys;
+  uint64_t alignment_at = 0;  // where the general.alignment record starts
   for (uint64_t k = 0; k < n_kv; ++k) {
     const uint64_t at = c.pos();
-    GgufKV& kv = kv_[k];
+    GgufKV& kv = kv_.emplace_back();
     RETURN_IF_ERROR(c.ReadString(&kv.key, "metadata key"));
     if (!keys.insert(kv.key).second) {
       return c.Error(at, absl::StrCat("duplicate metadata key '", Sv(kv.key), "'"));
     }
+    if (kv.key == "general.alignment") alignment_at = at;
     const uint64_t type_at = c.pos();
     uint32_t t = 0;
     RETURN_IF_ERROR(c.Read(&t, "value type"));
@@ -447,20 +462,19 @@ absl::Status GgufFile::Parse() {
 
   if (const GgufValue* a = Find("general.alignment")) {
     if (a->type != GgufValueType::kUint32) {
-      return c.Error(0, absl::StrCat("general.alignment has type ",
+      return c.Error(alignment_at, absl::StrCat("general.alignment has type ",
                                      Sv(ValueTypeName(a->type)), ", expected uint32"));
     }
     if (a->u == 0 || (a->u & (a->u - 1)) != 0) {
-      return c.Error(0, absl::StrCat("general.alignment ", a->u,
+      return c.Error(alignment_at, absl::StrCat("general.alignment ", a->u,
                                      " is not a power of two"));
     }
     alignment_ = a->u;
   }
 
-  tensors_.resize(n_tensors);
   std::unordered_set<std::string_view> names;
   for (uint64_t k = 0; k < n_tensors; ++k) {
-    GgufTensorInfo& ti = tensors_[k];
+    GgufTensorInfo& ti = tensors_.emplace_back();
     ti.header_pos = c.pos();
     RETURN_IF_ERROR(c.ReadString(&ti.name, "tensor name"));
     if (!names.insert(ti.name).second) {

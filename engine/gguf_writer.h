@@ -3,9 +3,11 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -16,7 +18,14 @@ namespace m40llm {
 
 class GgufWriter {
  public:
+  // `alignment` must be a power of two. When it is not 32 the writer adds
+  // `general.alignment` (uint32) as the first metadata key itself; callers
+  // must not add that key. With an invalid alignment AddTensor() and
+  // WriteFile() fail, and Serialize() writes the value unpadded (a file the
+  // reader rejects; useful only in tests).
   explicit GgufWriter(uint32_t alignment = 32);
+
+  uint32_t alignment() const { return alignment_; }
 
   // Metadata, written in insertion order. Adding a key twice replaces it.
   void AddUint8(std::string_view key, uint8_t v);
@@ -40,12 +49,31 @@ class GgufWriter {
                    std::string encoded_elements);
 
   // A tensor; `dims[0]` is ne0 (innermost). `data` must hold exactly the
-  // type's byte size for these dims.
+  // type's byte size for these dims. Fails on a duplicate name, 0 or more
+  // than 4 dims, a zero dim, an element count that overflows, ne0 not a
+  // multiple of the type's block size, or a wrong data size.
   absl::Status AddTensor(std::string_view name, GgmlType type,
                          std::vector<uint64_t> dims, std::string data);
 
-  // The whole file.
+  // Encoders for AddRawArray() payloads, all little-endian.
+  // A scalar value (integer or floating point) as its raw bytes.
+  template <typename T>
+  static std::string EncodeScalar(T v) {
+    static_assert(std::is_arithmetic_v<T>);
+    std::string out(sizeof(T), '\0');
+    std::memcpy(out.data(), &v, sizeof(T));
+    return out;
+  }
+  // A string: uint64 length, then the bytes (may contain NULs).
+  static std::string EncodeString(std::string_view s);
+  // One nested-array element: uint32 elem type, uint64 count, payload.
+  static std::string EncodeArray(GgufValueType elem_type, uint64_t count,
+                                 std::string_view encoded_elements);
+
+  // The whole file: header, metadata, tensor infos, padding to the
+  // alignment, then each tensor's data padded to the alignment.
   std::string Serialize() const;
+  // Serialize() written to `path` (replaced if it exists).
   absl::Status WriteFile(const std::string& path) const;
 
  private:

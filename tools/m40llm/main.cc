@@ -1,2 +1,425 @@
-// m40llm command-line entry point (subcommands are being built).
-int main() { return 0; }
+// m40llm: one binary for every job. Subcommands: generate, eval, tokenize,
+// mkmodel, info (and serve, once the gRPC server lands).
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "engine/cpu_backend.h"
+#include "engine/demo_model.h"
+#include "engine/eval.h"
+#include "engine/gguf.h"
+#include "engine/model.h"
+#include "engine/sampler.h"
+#include "engine/status.h"
+#include "engine/tokenizer.h"
+#include "nlohmann/json.hpp"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+
+namespace m40llm {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+// Options shared by the subcommands that load a model.
+struct ModelOpts {
+  std::string model;
+  int threads = 0;
+  int ctx = 0;
+};
+
+void AddModelOpts(CLI::App* app, ModelOpts* o) {
+  app->add_option("-m,--model", o->model,
+                  "GGUF model file (default: the built-in demo model, random weights)");
+  app->add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
+  app->add_option("-c,--ctx", o->ctx,
+                  "context positions to allocate (default: min(model context, 4096))");
+}
+
+// Resolves --model (the demo model when empty) and opens the GGUF.
+absl::StatusOr<std::unique_ptr<GgufFile>> OpenModelFile(const ModelOpts& o) {
+  std::string path = o.model;
+  if (path.empty()) {
+    ASSIGN_OR_RETURN(path, EnsureDemoModel());
+    std::fprintf(stderr,
+                 "note: no --model given; using the built-in demo model %s.\n"
+                 "      Its weights are random, so its text is gibberish.\n",
+                 path.c_str());
+  }
+  return GgufFile::Open(path);
+}
+
+// Loads weights with a progress line on stderr for models over 64 MiB.
+absl::StatusOr<std::unique_ptr<LlamaModel>> LoadModel(const GgufFile& f, int threads) {
+  const bool show = f.size() > (64u << 20);
+  auto t0 = Clock::now();
+  int last_pct = -1;
+  ProgressFn progress = [&](const LoadProgress& p) {
+    if (!show || p.bytes_total == 0) return;
+    const int pct = static_cast<int>(100 * p.bytes_done / p.bytes_total);
+    if (pct == last_pct) return;
+    last_pct = pct;
+    std::fprintf(stderr, "\rloading %s: %3d%% (%.0f MiB)", f.path().c_str(), pct,
+                 static_cast<double>(p.bytes_done) / (1 << 20));
+    std::fflush(stderr);
+  };
+  auto m = LlamaModel::Load(f, progress, threads);
+  if (show) std::fprintf(stderr, "\n");
+  if (m.ok()) {
+    spdlog::info("loaded {} in {:.2f} s: {} layers, n_embd {}, vocab {}, {:.1f} MiB of weights",
+                 f.path(), Seconds(t0, Clock::now()), (*m)->config().n_layer,
+                 (*m)->config().n_embd, (*m)->config().n_vocab,
+                 static_cast<double>((*m)->weight_bytes()) / (1 << 20));
+  }
+  return m;
+}
+
+absl::StatusOr<std::unique_ptr<CpuBackend>> MakeBackend(const LlamaModel& m, const ModelOpts& o,
+                                                        int need_ctx) {
+  BackendOptions bo;
+  bo.max_slots = 1;
+  bo.n_threads = o.threads;
+  bo.ctx_per_slot = o.ctx > 0 ? o.ctx : std::min(m.config().n_ctx_train, 4096);
+  if (o.ctx <= 0 && need_ctx > bo.ctx_per_slot) {
+    bo.ctx_per_slot = std::min(need_ctx, m.config().n_ctx_train);
+  }
+  return CpuBackend::Create(&m, bo);
+}
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
+  return 1;
+}
+
+// ---- generate ---------------------------------------------------------------
+
+struct GenerateOpts {
+  ModelOpts model;
+  std::string prompt;
+  int max_tokens = 128;
+  bool special = false;
+  bool ignore_eos = false;
+  SamplingParams sampling;
+};
+
+int RunGenerate(GenerateOpts& o) {
+  auto file = OpenModelFile(o.model);
+  if (!file.ok()) return Fail(file.status());
+  auto tok = Tokenizer::FromGguf(**file);
+  if (!tok.ok()) return Fail(tok.status());
+  auto model = LoadModel(**file, o.model.threads);
+  if (!model.ok()) return Fail(model.status());
+  const ModelConfig& cfg = (*model)->config();
+  if (auto s = o.sampling.Validate(cfg.n_vocab); !s.ok()) return Fail(s);
+  if (o.max_tokens < 0) return Fail(absl::InvalidArgumentError("--max-tokens must be >= 0"));
+
+  std::vector<int32_t> ids = (*tok)->Encode(o.prompt, /*add_special=*/true, o.special);
+  if (ids.empty()) return Fail(absl::InvalidArgumentError("the prompt is empty"));
+  auto backend = MakeBackend(**model, o.model, static_cast<int>(ids.size()) + o.max_tokens);
+  if (!backend.ok()) return Fail(backend.status());
+  const int ctx = (*backend)->options().ctx_per_slot;
+  if (static_cast<int>(ids.size()) + o.max_tokens > ctx) {
+    return Fail(absl::OutOfRangeError(absl::StrCat(
+        "prompt (", ids.size(), " tokens) + max tokens (", o.max_tokens,
+        ") exceeds the context of ", ctx, " positions")));
+  }
+
+  IncrementalDetokenizer detok(**tok);
+  // Echo the prompt as the tokenizer sees it, then stream the continuation.
+  for (int32_t id : ids) std::fputs(detok.Push(id).c_str(), stdout);
+  std::fflush(stdout);
+
+  SamplerScratch scratch;
+  ForwardOutput out;
+  auto t0 = Clock::now();
+  SeqChunk prefill{0, 0, ids, false};
+  if (auto s = (*backend)->Forward({&prefill, 1}, &out); !s.ok()) return Fail(s);
+  auto t1 = Clock::now();
+  std::vector<int32_t> history = ids;
+  int generated = 0;
+  std::string finish = "length";
+  for (int step = 0; step < o.max_tokens; ++step) {
+    SampleResult r = Sample(out.logits, o.sampling, history, 0, step, &scratch);
+    ++generated;
+    history.push_back(r.token);
+    if (!o.ignore_eos && (*tok)->IsEog(r.token)) {
+      finish = "stop";
+      break;
+    }
+    std::fputs(detok.Push(r.token).c_str(), stdout);
+    std::fflush(stdout);
+    if (step + 1 == o.max_tokens) break;
+    SeqChunk dec{0, static_cast<int>(history.size()) - 1, {&history.back(), 1}, false};
+    if (auto s = (*backend)->Forward({&dec, 1}, &out); !s.ok()) return Fail(s);
+  }
+  std::fputs(detok.Flush().c_str(), stdout);
+  std::fputs("\n", stdout);
+  auto t2 = Clock::now();
+  const double pre_s = Seconds(t0, t1), dec_s = Seconds(t1, t2);
+  std::fprintf(stderr,
+               "prompt: %zu tokens in %.3f s (%.1f tok/s); decode: %d tokens in %.3f s "
+               "(%.1f tok/s); finish: %s\n",
+               ids.size(), pre_s, ids.size() / std::max(pre_s, 1e-9), generated, dec_s,
+               generated / std::max(dec_s, 1e-9), finish.c_str());
+  return 0;
+}
+
+// ---- eval -------------------------------------------------------------------
+
+struct EvalOpts {
+  ModelOpts model;
+  std::string prompt;
+  std::string tokens;
+  int n = 32;
+  bool json = false;
+};
+
+absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& s) {
+  std::vector<int32_t> ids;
+  for (absl::string_view part : absl::StrSplit(s, ',', absl::SkipWhitespace())) {
+    int32_t v;
+    if (!absl::SimpleAtoi(part, &v)) {
+      return absl::InvalidArgumentError(absl::StrCat("not a token id: '", part, "'"));
+    }
+    ids.push_back(v);
+  }
+  if (ids.empty()) return absl::InvalidArgumentError("--tokens lists no token ids");
+  return ids;
+}
+
+int RunEval(EvalOpts& o) {
+  auto file = OpenModelFile(o.model);
+  if (!file.ok()) return Fail(file.status());
+  std::vector<int32_t> ids;
+  if (!o.tokens.empty()) {
+    auto parsed = ParseIds(o.tokens);
+    if (!parsed.ok()) return Fail(parsed.status());
+    ids = *parsed;
+  } else {
+    auto tok = Tokenizer::FromGguf(**file);
+    if (!tok.ok()) return Fail(tok.status());
+    ids = (*tok)->Encode(o.prompt, /*add_special=*/true, /*parse_special=*/true);
+  }
+  auto model = LoadModel(**file, o.model.threads);
+  if (!model.ok()) return Fail(model.status());
+  auto backend = MakeBackend(**model, o.model, static_cast<int>(ids.size()) + o.n);
+  if (!backend.ok()) return Fail(backend.status());
+  auto r = RunGreedyEval(**backend, ids, o.n);
+  if (!r.ok()) return Fail(r.status());
+  if (!o.json) {
+    std::printf("prompt tokens: %zu\n", r->prompt_tokens.size());
+    for (const TopChoice& g : r->greedy) std::printf("%d (margin %.4f)\n", g.token, g.margin);
+    return 0;
+  }
+  nlohmann::json j;
+  j["prompt_tokens"] = r->prompt_tokens;
+  j["n_vocab"] = (*model)->config().n_vocab;
+  auto& top = j["prompt_top1"] = nlohmann::json::array();
+  for (size_t p = 0; p < r->prompt_top1.size(); ++p) {
+    const TopChoice& c = r->prompt_top1[p];
+    top.push_back({{"pos", p}, {"token", c.token}, {"logit", c.logit}, {"margin", c.margin}});
+  }
+  j["last_logits"] = r->last_logits;
+  auto& greedy = j["greedy"] = nlohmann::json::array();
+  for (const TopChoice& c : r->greedy) greedy.push_back({{"token", c.token}, {"margin", c.margin}});
+  std::cout << j.dump() << "\n";
+  return 0;
+}
+
+// ---- tokenize ---------------------------------------------------------------
+
+struct TokenizeOpts {
+  std::string model;
+  std::string text;
+  bool special = false;
+  bool no_add_special = false;
+  bool json = false;
+};
+
+int RunTokenize(TokenizeOpts& o) {
+  ModelOpts mo;
+  mo.model = o.model;
+  auto file = OpenModelFile(mo);
+  if (!file.ok()) return Fail(file.status());
+  auto tok = Tokenizer::FromGguf(**file);
+  if (!tok.ok()) return Fail(tok.status());
+  std::vector<int32_t> ids = (*tok)->Encode(o.text, !o.no_add_special, o.special);
+  if (o.json) {
+    nlohmann::json j;
+    j["tokens"] = ids;
+    std::cout << j.dump() << "\n";
+  } else {
+    for (int32_t id : ids) {
+      std::printf("%6d  '%s'\n", id, (*tok)->TokenText(id).c_str());
+    }
+  }
+  return 0;
+}
+
+// ---- mkmodel ----------------------------------------------------------------
+
+struct MkmodelOpts {
+  std::string out;
+  std::string type = "f16";
+  RandomModelSpec spec;
+};
+
+int RunMkmodel(MkmodelOpts& o) {
+  bool found = false;
+  for (uint32_t id = 0; id < 64 && !found; ++id) {
+    auto t = TypeTraits(id);
+    if (t && absl::EqualsIgnoreCase(Sv(t->name), o.type)) {
+      o.spec.weight_type = static_cast<GgmlType>(id);
+      found = true;
+    }
+  }
+  if (!found) return Fail(absl::InvalidArgumentError(absl::StrCat("unknown type '", o.type, "'")));
+  if (auto s = WriteRandomLlama(o.spec, o.out); !s.ok()) return Fail(s);
+  std::fprintf(stderr, "wrote %s (random weights: generated text will be gibberish)\n",
+               o.out.c_str());
+  return 0;
+}
+
+// ---- info -------------------------------------------------------------------
+
+int RunInfo(const std::string& model) {
+  ModelOpts mo;
+  mo.model = model;
+  auto file = OpenModelFile(mo);
+  if (!file.ok()) return Fail(file.status());
+  const GgufFile& f = **file;
+  std::printf("file: %s\nGGUF version: %u, %zu metadata keys, %zu tensors, alignment %lu\n",
+              f.path().c_str(), f.version(), f.metadata().size(), f.tensors().size(),
+              static_cast<unsigned long>(f.alignment()));
+  auto cfg = ReadModelConfig(f);
+  if (!cfg.ok()) {
+    std::printf("model config: %s\n", std::string(cfg.status().message()).c_str());
+    return 1;
+  }
+  const ModelConfig& c = *cfg;
+  std::printf(
+      "architecture: %s  name: %s\nn_vocab %d  n_embd %d  n_layer %d  n_head %d  n_head_kv %d  "
+      "head_dim %d  n_ff %d\ncontext %d  rope base %g scale %g n_rot %d%s  rms_eps %g\n"
+      "output: %s  bos %d  eos %d  eot %d  add_bos %d\n",
+      c.arch.c_str(), c.name.c_str(), c.n_vocab, c.n_embd, c.n_layer, c.n_head, c.n_head_kv,
+      c.head_dim, c.n_ff, c.n_ctx_train, c.rope_freq_base, c.rope_freq_scale, c.n_rot,
+      c.has_rope_freqs ? " (rope_freqs)" : "", c.rms_eps, c.tied_output ? "tied" : "separate",
+      c.bos, c.eos, c.eot, c.add_bos);
+  return 0;
+}
+
+void AddSamplingOpts(CLI::App* app, SamplingParams* p) {
+  app->add_option("--temperature,--temp", p->temperature, "0 = greedy")->capture_default_str();
+  app->add_option("--top-k", p->top_k, "keep the k most likely tokens (0 = off)")
+      ->capture_default_str();
+  app->add_option("--top-p", p->top_p, "nucleus sampling mass (1 = off)")->capture_default_str();
+  app->add_option("--min-p", p->min_p, "drop tokens below min-p x the top probability")
+      ->capture_default_str();
+  app->add_option("--repeat-penalty", p->repetition_penalty, "repetition penalty (1 = off)")
+      ->capture_default_str();
+  app->add_option("--presence-penalty", p->presence_penalty)->capture_default_str();
+  app->add_option("--frequency-penalty", p->frequency_penalty)->capture_default_str();
+  app->add_option("--penalty-last-n", p->penalty_last_n,
+                  "tokens the penalties look back over (-1 = all)")
+      ->capture_default_str();
+  app->add_option("--seed", p->seed, "sampling seed")->capture_default_str();
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{"m40llm: GGUF LLM inference for the Tesla M40 and newer GPUs"};
+  app.require_subcommand(1);
+  std::string log_level = "warn";
+  app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")
+      ->capture_default_str();
+
+  GenerateOpts gen;
+  auto* g = app.add_subcommand("generate", "stream a continuation of a prompt to stdout");
+  AddModelOpts(g, &gen.model);
+  g->add_option("-p,--prompt", gen.prompt, "prompt text")->required();
+  g->add_option("-n,--max-tokens", gen.max_tokens, "tokens to generate")->capture_default_str();
+  g->add_flag("--special", gen.special, "parse special tokens (e.g. <s>) in the prompt");
+  g->add_flag("--ignore-eos", gen.ignore_eos, "keep going past end-of-sequence tokens");
+  gen.sampling.temperature = 0.8f;
+  AddSamplingOpts(g, &gen.sampling);
+
+  EvalOpts ev;
+  auto* e = app.add_subcommand("eval", "greedy evaluation with logits, as JSON");
+  AddModelOpts(e, &ev.model);
+  auto* ep = e->add_option("-p,--prompt", ev.prompt, "prompt text (BOS added, specials parsed)");
+  auto* et = e->add_option("--tokens", ev.tokens, "comma-separated prompt token ids");
+  ep->excludes(et);
+  e->add_option("-n", ev.n, "greedy steps")->capture_default_str();
+  e->add_flag("--json", ev.json,
+              "print {prompt_tokens, prompt_top1, last_logits, greedy} as one JSON line");
+
+  TokenizeOpts tk;
+  auto* t = app.add_subcommand("tokenize", "print the token ids of a text");
+  t->add_option("-m,--model", tk.model, "GGUF file (default: the demo model)");
+  t->add_option("--text", tk.text, "text to tokenize")->required();
+  t->add_flag("--special", tk.special, "parse special tokens in the text");
+  t->add_flag("--no-add-special", tk.no_add_special, "do not add BOS/EOS");
+  t->add_flag("--json", tk.json, "print {\"tokens\": [...]}");
+
+  MkmodelOpts mk;
+  auto* k = app.add_subcommand("mkmodel", "write a deterministic random-weight llama GGUF");
+  k->add_option("-o,--out", mk.out, "output path")->required();
+  k->add_option("--type", mk.type, "matrix type: f32 f16 bf16 q4_0 q4_1 q5_0 q5_1 q8_0 q2_k..q6_k")
+      ->capture_default_str();
+  k->add_option("--n-embd", mk.spec.n_embd)->capture_default_str();
+  k->add_option("--n-layer", mk.spec.n_layer)->capture_default_str();
+  k->add_option("--n-head", mk.spec.n_head)->capture_default_str();
+  k->add_option("--n-head-kv", mk.spec.n_head_kv)->capture_default_str();
+  k->add_option("--n-ff", mk.spec.n_ff)->capture_default_str();
+  k->add_option("--ctx", mk.spec.n_ctx, "context length")->capture_default_str();
+  k->add_option("--rope-base", mk.spec.rope_freq_base)->capture_default_str();
+  k->add_option("--rope-scale", mk.spec.rope_scale_linear, "linear RoPE scaling factor")
+      ->capture_default_str();
+  k->add_flag("--rope-freqs", mk.spec.rope_freqs, "write Llama 3 style rope_freqs.weight");
+  k->add_flag("--tied", mk.spec.tied_output, "no output.weight (tied to the embedding)");
+  k->add_option("--seed", mk.spec.seed)->capture_default_str();
+  k->add_option("--name", mk.spec.name)->capture_default_str();
+
+  std::string info_model;
+  auto* in = app.add_subcommand("info", "print a GGUF file's model configuration");
+  in->add_option("-m,--model", info_model, "GGUF file (default: the demo model)");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& err) {
+    return app.exit(err);
+  }
+  // Logs go to stderr so that stdout carries only results (text, JSON).
+  spdlog::set_default_logger(spdlog::stderr_color_mt("m40llm"));
+  spdlog::set_level(spdlog::level::from_str(log_level));
+
+  if (*g) return RunGenerate(gen);
+  if (*e) {
+    if (ev.prompt.empty() && ev.tokens.empty()) {
+      return Fail(absl::InvalidArgumentError("eval needs --prompt or --tokens"));
+    }
+    return RunEval(ev);
+  }
+  if (*t) return RunTokenize(tk);
+  if (*k) return RunMkmodel(mk);
+  if (*in) return RunInfo(info_model);
+  return 1;
+}
+
+}  // namespace
+}  // namespace m40llm
+
+int main(int argc, char** argv) { return m40llm::Main(argc, argv); }

@@ -1,0 +1,53 @@
+// The interface every compute backend (CPU reference, CUDA) implements: run
+// the model over a batch of sequence chunks that share one KV cache.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/model.h"
+
+namespace m40llm {
+
+struct BackendOptions {
+  int max_slots = 1;       // sequences that can hold KV at once
+  int ctx_per_slot = 0;    // positions per slot; 0 => the model's n_ctx_train
+  int n_threads = 0;       // CPU threads; <= 0 => all hardware threads
+};
+
+// Tokens `tokens` of the sequence in `slot`, at positions pos .. pos+n-1.
+// Positions before `pos` must already hold KV from earlier calls. Prefill is
+// a chunk of many tokens; decode is a chunk of one.
+struct SeqChunk {
+  int slot = 0;
+  int pos = 0;
+  std::span<const int32_t> tokens;
+  bool all_logits = false;  // logits for every token, else the last only
+};
+
+struct ForwardOutput {
+  // Logit rows, (rows, n_vocab): for each chunk in order, one row per token
+  // when all_logits, else one row for its last token.
+  std::vector<float> logits;
+  int64_t rows = 0;
+};
+
+// Checks a batch against the model and options; used by every backend.
+absl::Status ValidateBatch(const ModelConfig& c, const BackendOptions& o,
+                           std::span<const SeqChunk> batch);
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual const BackendOptions& options() const = 0;
+  virtual std::string name() const = 0;
+  // Validates the batch (slots, positions, token ids, context bounds, no slot
+  // twice) and runs it. Errors leave the KV of untouched slots intact.
+  virtual absl::Status Forward(std::span<const SeqChunk> batch, ForwardOutput* out) = 0;
+};
+
+}  // namespace m40llm

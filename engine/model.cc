@@ -1,0 +1,329 @@
+// Llama config parsing and weight loading (dequantise to FP16 per tensor).
+#include "engine/model.h"
+
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "engine/dequant.h"
+#include "engine/status.h"
+#include "engine/thread_pool.h"
+#include "spdlog/spdlog.h"
+
+namespace m40llm {
+namespace {
+
+std::string Key(const std::string& arch, std::string_view suffix) {
+  return absl::StrCat(arch, ".", Sv(suffix));
+}
+
+// A required positive int32 metadata value.
+absl::StatusOr<int32_t> RequiredInt(const GgufFile& f, const std::string& key) {
+  if (f.Find(key) == nullptr) {
+    return absl::NotFoundError(absl::StrCat(
+        f.path(), ": missing required metadata key '", key,
+        "' (needed for architecture llama)"));
+  }
+  ASSIGN_OR_RETURN(uint64_t v, f.GetUint(key));
+  if (v == 0 || v > (1u << 30)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(f.path(), ": metadata key '", key, "' has invalid value ", v));
+  }
+  return static_cast<int32_t>(v);
+}
+
+absl::StatusOr<int32_t> OptionalInt(const GgufFile& f, const std::string& key,
+                                    int32_t fallback) {
+  if (f.Find(key) == nullptr) return fallback;
+  ASSIGN_OR_RETURN(uint64_t v, f.GetUint(key));
+  if (v > (1u << 30)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(f.path(), ": metadata key '", key, "' has invalid value ", v));
+  }
+  return static_cast<int32_t>(v);
+}
+
+absl::StatusOr<float> OptionalFloat(const GgufFile& f, const std::string& key,
+                                    float fallback) {
+  if (f.Find(key) == nullptr) return fallback;
+  ASSIGN_OR_RETURN(double v, f.GetFloat(key));
+  return static_cast<float>(v);
+}
+
+// Token id keys may be stored signed or unsigned; -1 when absent.
+absl::StatusOr<int32_t> TokenId(const GgufFile& f, const char* key, int32_t n_vocab) {
+  const GgufValue* v = f.Find(key);
+  if (v == nullptr) return -1;
+  if (!v->is_integer()) {
+    return absl::InvalidArgumentError(absl::StrCat(f.path(), ": metadata key '", key,
+                                                   "' is not an integer"));
+  }
+  if (v->i < 0 || v->i >= n_vocab) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        f.path(), ": metadata key '", key, "' = ", v->i, " is outside the vocabulary of ",
+        n_vocab, " tokens"));
+  }
+  return static_cast<int32_t>(v->i);
+}
+
+}  // namespace
+
+absl::StatusOr<ModelConfig> ReadModelConfig(const GgufFile& f) {
+  ModelConfig c;
+  if (f.Find("general.architecture") == nullptr) {
+    return absl::NotFoundError(absl::StrCat(
+        f.path(), ": missing metadata key 'general.architecture' (supported: ",
+        kSupportedArchitectures, ")"));
+  }
+  ASSIGN_OR_RETURN(c.arch, f.GetString("general.architecture"));
+  if (c.arch != "llama") {
+    return absl::UnimplementedError(absl::StrCat(
+        f.path(), ": unsupported architecture '", c.arch,
+        "' (supported: ", kSupportedArchitectures,
+        ", which covers Llama 1/2/3, TinyLlama, Mistral and Code Llama)"));
+  }
+  if (f.Find("general.name") != nullptr) {
+    ASSIGN_OR_RETURN(c.name, f.GetString("general.name"));
+  }
+  const std::string& a = c.arch;
+  ASSIGN_OR_RETURN(c.n_embd, RequiredInt(f, Key(a, "embedding_length")));
+  ASSIGN_OR_RETURN(c.n_layer, RequiredInt(f, Key(a, "block_count")));
+  ASSIGN_OR_RETURN(c.n_ff, RequiredInt(f, Key(a, "feed_forward_length")));
+  ASSIGN_OR_RETURN(c.n_head, RequiredInt(f, Key(a, "attention.head_count")));
+  ASSIGN_OR_RETURN(c.n_head_kv, OptionalInt(f, Key(a, "attention.head_count_kv"), c.n_head));
+  ASSIGN_OR_RETURN(c.n_ctx_train, RequiredInt(f, Key(a, "context_length")));
+  if (c.n_head_kv == 0 || c.n_head % c.n_head_kv != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        f.path(), ": attention.head_count ", c.n_head,
+        " is not a multiple of attention.head_count_kv ", c.n_head_kv));
+  }
+  if (c.n_embd % c.n_head != 0 && f.Find(Key(a, "attention.key_length")) == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        f.path(), ": embedding_length ", c.n_embd, " is not divisible by head_count ",
+        c.n_head, " and attention.key_length is absent"));
+  }
+  ASSIGN_OR_RETURN(c.head_dim,
+                   OptionalInt(f, Key(a, "attention.key_length"), c.n_embd / c.n_head));
+  ASSIGN_OR_RETURN(int32_t v_len, OptionalInt(f, Key(a, "attention.value_length"), c.head_dim));
+  if (v_len != c.head_dim) {
+    return absl::UnimplementedError(absl::StrCat(
+        f.path(), ": attention.value_length ", v_len, " differs from key_length ",
+        c.head_dim, "; not supported for llama"));
+  }
+  ASSIGN_OR_RETURN(c.n_rot, OptionalInt(f, Key(a, "rope.dimension_count"), c.head_dim));
+  if (c.n_rot > c.head_dim || c.n_rot % 2 != 0 || c.head_dim % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        f.path(), ": rope.dimension_count ", c.n_rot, " is invalid for head size ",
+        c.head_dim));
+  }
+  ASSIGN_OR_RETURN(c.rope_freq_base, OptionalFloat(f, Key(a, "rope.freq_base"), 10000.0f));
+  ASSIGN_OR_RETURN(c.rms_eps,
+                   OptionalFloat(f, Key(a, "attention.layer_norm_rms_epsilon"), 1e-5f));
+  // Linear RoPE scaling: newer files say rope.scaling.type = "linear" with
+  // rope.scaling.factor; older ones use rope.scale_linear.
+  float factor = 1.0f;
+  std::string scaling_type = "none";
+  if (f.Find(Key(a, "rope.scaling.type")) != nullptr) {
+    ASSIGN_OR_RETURN(scaling_type, f.GetString(Key(a, "rope.scaling.type")));
+  }
+  if (scaling_type == "linear") {
+    ASSIGN_OR_RETURN(factor, OptionalFloat(f, Key(a, "rope.scaling.factor"), 1.0f));
+  } else if (scaling_type == "none") {
+    ASSIGN_OR_RETURN(factor, OptionalFloat(f, Key(a, "rope.scale_linear"), 1.0f));
+  } else if (scaling_type != "llama3") {
+    // Llama 3.1's "llama3" scaling is carried by rope_freqs.weight and needs
+    // nothing here; YaRN and the others are not implemented.
+    return absl::UnimplementedError(absl::StrCat(
+        f.path(), ": rope.scaling.type '", scaling_type,
+        "' is not supported (supported: none, linear, llama3)"));
+  }
+  if (!(factor > 0.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(f.path(), ": RoPE scaling factor ", factor, " must be positive"));
+  }
+  c.rope_freq_scale = 1.0f / factor;
+  if (!(c.rope_freq_base > 0.0f) || !(c.rms_eps > 0.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        f.path(), ": rope.freq_base and layer_norm_rms_epsilon must be positive"));
+  }
+
+  const GgufTensorInfo* embd = f.FindTensor("token_embd.weight");
+  if (embd == nullptr) {
+    return absl::NotFoundError(absl::StrCat(f.path(), ": missing tensor 'token_embd.weight'"));
+  }
+  if (embd->n_dims != 2 || embd->dims[0] != static_cast<uint64_t>(c.n_embd) ||
+      embd->dims[1] > (1u << 24)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        f.path(), ": tensor 'token_embd.weight' has shape [", embd->dims[0], ", ",
+        embd->dims[1], "], expected [", c.n_embd, ", n_vocab]"));
+  }
+  c.n_vocab = static_cast<int32_t>(embd->dims[1]);
+  c.tied_output = f.FindTensor("output.weight") == nullptr;
+  c.has_rope_freqs = f.FindTensor("rope_freqs.weight") != nullptr;
+
+  ASSIGN_OR_RETURN(c.bos, TokenId(f, "tokenizer.ggml.bos_token_id", c.n_vocab));
+  ASSIGN_OR_RETURN(c.eos, TokenId(f, "tokenizer.ggml.eos_token_id", c.n_vocab));
+  ASSIGN_OR_RETURN(c.eot, TokenId(f, "tokenizer.ggml.eot_token_id", c.n_vocab));
+  if (f.Find("tokenizer.ggml.add_bos_token") != nullptr) {
+    ASSIGN_OR_RETURN(c.add_bos, f.GetBool("tokenizer.ggml.add_bos_token"));
+  } else {
+    // llama.cpp's default for SentencePiece vocabularies is to add BOS.
+    const GgufValue* m = f.Find("tokenizer.ggml.model");
+    c.add_bos = m != nullptr && m->type == GgufValueType::kString && m->str == "llama";
+  }
+  return c;
+}
+
+namespace {
+
+// Checks a tensor's presence, type support and shape.
+absl::StatusOr<const GgufTensorInfo*> Expect(const GgufFile& f, const std::string& name,
+                                             std::vector<uint64_t> shape) {
+  const GgufTensorInfo* t = f.FindTensor(name);
+  if (t == nullptr) {
+    return absl::NotFoundError(absl::StrCat(f.path(), ": missing tensor '", name, "'"));
+  }
+  if (!IsSupportedWeightType(t->type)) {
+    return absl::UnimplementedError(absl::StrCat(
+        f.path(), ": tensor '", name, "' has type ", TypeName(t->type),
+        ", which m40llm cannot load (supported: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 "
+        "Q2_K Q3_K Q4_K Q5_K Q6_K)"));
+  }
+  bool ok = t->n_dims <= 2 || (t->dims[2] == 1 && t->dims[3] == 1);
+  for (size_t d = 0; d < shape.size() && ok; ++d) ok = t->dims[d] == shape[d];
+  if (shape.size() == 1) ok = ok && t->dims[1] == 1;
+  if (!ok) {
+    std::string want, got;
+    for (size_t d = 0; d < shape.size(); ++d) absl::StrAppend(&want, d ? ", " : "", shape[d]);
+    for (uint32_t d = 0; d < t->n_dims; ++d) absl::StrAppend(&got, d ? ", " : "", t->dims[d]);
+    return absl::InvalidArgumentError(absl::StrCat(f.path(), ": tensor '", name,
+                                                   "' has shape [", got, "], expected [",
+                                                   want, "]"));
+  }
+  return t;
+}
+
+class Loader {
+ public:
+  Loader(const GgufFile& f, const ProgressFn& progress, int n_threads)
+      : f_(f), progress_(progress), pool_(n_threads) {
+    for (const GgufTensorInfo& t : f.tensors()) total_ += t.n_bytes;
+  }
+
+  absl::Status Matrix(const std::string& name, int64_t rows, int64_t cols, MatrixF16* out) {
+    ASSIGN_OR_RETURN(const GgufTensorInfo* t,
+                     Expect(f_, name, {static_cast<uint64_t>(cols), static_cast<uint64_t>(rows)}));
+    out->rows = rows;
+    out->cols = cols;
+    out->data.resize(static_cast<size_t>(rows * cols));
+    const auto traits = *TypeTraits(static_cast<uint32_t>(t->type));
+    const size_t row_bytes = static_cast<size_t>(cols) / traits.block_elems * traits.block_bytes;
+    const uint8_t* src = f_.TensorData(*t).data();
+    std::atomic<uint64_t> clamped{0};
+    std::mutex err_mu;
+    absl::Status err;
+    pool_.ParallelFor(static_cast<size_t>(rows), 64, [&](size_t r0, size_t r1) {
+      uint64_t local = 0;
+      absl::Status s = DequantizeToF16(t->type, src + r0 * row_bytes, (r1 - r0) * cols,
+                                       out->data.data() + r0 * cols, &local);
+      clamped += local;
+      if (!s.ok()) {
+        std::lock_guard<std::mutex> lock(err_mu);
+        err = s;
+      }
+    });
+    if (!err.ok()) {
+      return absl::Status(err.code(), absl::StrCat(f_.path(), ": tensor '", name, "': ",
+                                                   err.message()));
+    }
+    if (clamped > 0) {
+      spdlog::warn("{}: tensor '{}' ({}): {} values outside the FP16 range were clamped to "
+                   "+-65504",
+                   f_.path(), name, TypeName(t->type), clamped.load());
+      clamped_ += clamped;
+    }
+    Done(*t);
+    return absl::OkStatus();
+  }
+
+  absl::Status Vector(const std::string& name, int64_t n, std::vector<float>* out) {
+    ASSIGN_OR_RETURN(const GgufTensorInfo* t, Expect(f_, name, {static_cast<uint64_t>(n)}));
+    out->resize(static_cast<size_t>(n));
+    absl::Status s = DequantizeToF32(t->type, f_.TensorData(*t).data(), n, out->data());
+    if (!s.ok()) {
+      return absl::Status(s.code(), absl::StrCat(f_.path(), ": tensor '", name, "': ",
+                                                 s.message()));
+    }
+    Done(*t);
+    return absl::OkStatus();
+  }
+
+  uint64_t clamped() const { return clamped_; }
+
+ private:
+  void Done(const GgufTensorInfo& t) {
+    done_ += t.n_bytes;
+    if (progress_) progress_({done_, total_, std::string(t.name)});
+  }
+
+  const GgufFile& f_;
+  const ProgressFn& progress_;
+  ThreadPool pool_;
+  uint64_t total_ = 0, done_ = 0, clamped_ = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const GgufFile& file,
+                                                            const ProgressFn& progress,
+                                                            int n_threads) {
+  auto m = std::unique_ptr<LlamaModel>(new LlamaModel());
+  ASSIGN_OR_RETURN(m->config_, ReadModelConfig(file));
+  const ModelConfig& c = m->config_;
+  Loader ld(file, progress, n_threads);
+  RETURN_IF_ERROR(ld.Matrix("token_embd.weight", c.n_vocab, c.n_embd, &m->token_embd));
+  m->layers.resize(c.n_layer);
+  for (int l = 0; l < c.n_layer; ++l) {
+    LayerWeights& w = m->layers[l];
+    const std::string p = absl::StrCat("blk.", l, ".");
+    RETURN_IF_ERROR(ld.Vector(p + "attn_norm.weight", c.n_embd, &w.attn_norm));
+    RETURN_IF_ERROR(ld.Matrix(p + "attn_q.weight", c.q_dim(), c.n_embd, &w.wq));
+    RETURN_IF_ERROR(ld.Matrix(p + "attn_k.weight", c.kv_dim(), c.n_embd, &w.wk));
+    RETURN_IF_ERROR(ld.Matrix(p + "attn_v.weight", c.kv_dim(), c.n_embd, &w.wv));
+    RETURN_IF_ERROR(ld.Matrix(p + "attn_output.weight", c.n_embd, c.q_dim(), &w.wo));
+    RETURN_IF_ERROR(ld.Vector(p + "ffn_norm.weight", c.n_embd, &w.ffn_norm));
+    RETURN_IF_ERROR(ld.Matrix(p + "ffn_gate.weight", c.n_ff, c.n_embd, &w.w_gate));
+    RETURN_IF_ERROR(ld.Matrix(p + "ffn_up.weight", c.n_ff, c.n_embd, &w.w_up));
+    RETURN_IF_ERROR(ld.Matrix(p + "ffn_down.weight", c.n_embd, c.n_ff, &w.w_down));
+  }
+  RETURN_IF_ERROR(ld.Vector("output_norm.weight", c.n_embd, &m->output_norm));
+  if (!c.tied_output) {
+    RETURN_IF_ERROR(ld.Matrix("output.weight", c.n_vocab, c.n_embd, &m->output));
+  }
+  if (c.has_rope_freqs) {
+    RETURN_IF_ERROR(ld.Vector("rope_freqs.weight", c.n_rot / 2, &m->rope_freqs));
+    for (float ff : m->rope_freqs) {
+      if (!(ff > 0.0f)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            file.path(), ": tensor 'rope_freqs.weight' holds a non-positive factor"));
+      }
+    }
+  }
+  m->clamped_ = ld.clamped();
+  return m;
+}
+
+uint64_t LlamaModel::weight_bytes() const {
+  auto mat = [](const MatrixF16& m) { return m.data.size() * sizeof(uint16_t); };
+  auto vec = [](const std::vector<float>& v) { return v.size() * sizeof(float); };
+  uint64_t b = mat(token_embd) + mat(output) + vec(output_norm) + vec(rope_freqs);
+  for (const LayerWeights& w : layers) {
+    b += vec(w.attn_norm) + vec(w.ffn_norm) + mat(w.wq) + mat(w.wk) + mat(w.wv) + mat(w.wo) +
+         mat(w.w_gate) + mat(w.w_up) + mat(w.w_down);
+  }
+  return b;
+}
+
+}  // namespace m40llm

@@ -1,0 +1,101 @@
+// The llama-architecture model: hyperparameters read from GGUF metadata and
+// the weights, dequantised at load into FP16 storage (norms stay FP32).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/gguf.h"
+
+namespace m40llm {
+
+// Architectures this build can run (GGUF `general.architecture`).
+inline constexpr const char* kSupportedArchitectures = "llama";
+
+struct ModelConfig {
+  std::string arch;
+  std::string name;           // general.name, may be empty
+  int32_t n_vocab = 0;
+  int32_t n_embd = 0;
+  int32_t n_layer = 0;
+  int32_t n_head = 0;
+  int32_t n_head_kv = 0;      // == n_head for MHA, 1 for MQA
+  int32_t head_dim = 0;       // key/value length per head
+  int32_t n_ff = 0;
+  int32_t n_ctx_train = 0;
+  int32_t n_rot = 0;          // rotary dimensions (<= head_dim)
+  float rope_freq_base = 10000.0f;
+  float rope_freq_scale = 1.0f;  // 1 / linear scaling factor
+  float rms_eps = 1e-5f;
+  bool tied_output = false;      // no output.weight: reuse token_embd
+  bool has_rope_freqs = false;   // Llama 3 rope_freqs.weight present
+  int32_t bos = -1, eos = -1, eot = -1;
+  bool add_bos = false;
+
+  int32_t q_dim() const { return n_head * head_dim; }
+  int32_t kv_dim() const { return n_head_kv * head_dim; }
+};
+
+// Reads and validates the config. Errors name the missing or bad key and,
+// for an unsupported architecture, list the supported ones.
+absl::StatusOr<ModelConfig> ReadModelConfig(const GgufFile& f);
+
+// A 2-D FP16 weight matrix: `rows` rows of `cols` contiguous values
+// (GGUF ne1 x ne0).
+struct MatrixF16 {
+  int64_t rows = 0;
+  int64_t cols = 0;
+  std::vector<uint16_t> data;  // (rows, cols) FP16 bits
+};
+
+struct LayerWeights {
+  std::vector<float> attn_norm;  // (n_embd)
+  MatrixF16 wq;                  // (q_dim, n_embd)
+  MatrixF16 wk;                  // (kv_dim, n_embd)
+  MatrixF16 wv;                  // (kv_dim, n_embd)
+  MatrixF16 wo;                  // (n_embd, q_dim)
+  std::vector<float> ffn_norm;   // (n_embd)
+  MatrixF16 w_gate;              // (n_ff, n_embd)
+  MatrixF16 w_up;                // (n_ff, n_embd)
+  MatrixF16 w_down;              // (n_embd, n_ff)
+};
+
+struct LoadProgress {
+  uint64_t bytes_done = 0;
+  uint64_t bytes_total = 0;
+  std::string tensor;
+};
+using ProgressFn = std::function<void(const LoadProgress&)>;
+
+// A loaded model with host-resident FP16 weights.
+class LlamaModel {
+ public:
+  // Loads every tensor; `progress` (optional) is called after each tensor.
+  // `n_threads` parallelises dequantisation (<= 0: all hardware threads).
+  static absl::StatusOr<std::unique_ptr<LlamaModel>> Load(
+      const GgufFile& file, const ProgressFn& progress = nullptr, int n_threads = 0);
+
+  const ModelConfig& config() const { return config_; }
+
+  MatrixF16 token_embd;                 // (n_vocab, n_embd)
+  std::vector<LayerWeights> layers;     // (n_layer)
+  std::vector<float> output_norm;       // (n_embd)
+  MatrixF16 output;                     // (n_vocab, n_embd); empty when tied
+  std::vector<float> rope_freqs;        // (n_rot / 2) or empty
+
+  const MatrixF16& lm_head() const { return config_.tied_output ? token_embd : output; }
+  // Bytes of FP16/FP32 weights held.
+  uint64_t weight_bytes() const;
+  // Number of values clamped into FP16 range while loading (BF16/F32 only).
+  uint64_t clamped_values() const { return clamped_; }
+
+ private:
+  ModelConfig config_;
+  uint64_t clamped_ = 0;
+};
+
+}  // namespace m40llm

@@ -1,0 +1,116 @@
+// Token sampling: penalties, temperature, top-k / top-p / min-p truncation and
+// a seeded draw whose randomness comes from Philox (engine/philox.h), so that
+// a token depends only on (seed, stream, step, logits, history, params).
+//
+// This file is the specification the CUDA sampling kernel reimplements.
+// Sample() does, in order:
+//
+//  1. Penalties, on a copy l of the logits (NaN logits become -inf first).
+//     The window is the last `penalty_last_n` tokens of `history` (all of it
+//     for -1, none for 0); ids outside [0, n_vocab) are ignored. For each
+//     distinct token t in the window, occurring c times:
+//       l[t] = l[t] > 0 ? l[t] / repetition_penalty
+//                       : l[t] * repetition_penalty;
+//       l[t] -= presence_penalty + c * frequency_penalty;
+//  2. temperature == 0: the token is argmax(l), ties to the lowest id.
+//  3. Otherwise the candidates are ordered by l descending, ties to the lower
+//     id (the "sorted order"), and each gets the weight
+//       w[i] = (l[i] == l_max) ? 1 : exp((l[i] - l_max) / temperature)
+//     where l_max = max(l); the first form keeps +inf / all -inf logits
+//     well defined. Truncation then keeps a prefix of the sorted order:
+//     a. top_k > 0: the first top_k candidates.
+//     b. top_p < 1: the shortest prefix whose cumulative weight reaches
+//        top_p * W, W being the total weight of the top_k candidates (at
+//        least one token is kept).
+//     c. min_p > 0: only candidates with w[i] >= min_p (that is, probability
+//        >= min_p * max probability).
+//  4. With W' the total weight of the kept tokens, draw
+//       u = UniformFloat(seed, stream, step, /*lane=*/0)   (in [0, 1))
+//     and pick the first kept token, in sorted order, whose cumulative weight
+//     exceeds u * W' (the last kept token of positive weight should rounding
+//     leave none).
+//
+// Reported log-probabilities (of the chosen token and the top
+// `n_logprobs`) are log-softmax of the RAW logits: the model's distribution,
+// before penalties, temperature and truncation. The top list is sorted by
+// raw logit descending, ties to the lower id.
+//
+// Host and device agree exactly on u; sums of weights may round differently
+// (order of summation, exp implementation), so the tokens agree except when
+// u * W' lands within rounding of a cumulative-weight boundary.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace m40llm {
+
+// Most entries a caller may ask for in SampleResult::top.
+inline constexpr int32_t kMaxLogprobs = 20;
+
+// How to pick the next token; the defaults sample from the plain softmax.
+struct SamplingParams {
+  float temperature = 1.0f;  // 0 => greedy (argmax; ties -> lowest id)
+  int32_t top_k = 0;         // 0 (or >= n_vocab) => disabled
+  float top_p = 1.0f;        // 1 => disabled
+  float min_p = 0.0f;        // 0 => disabled
+  // 1 => disabled; CTRL-style over tokens in the penalty window:
+  // logit > 0 ? logit / p : logit * p. Must be in (0, 100].
+  float repetition_penalty = 1.0f;
+  float presence_penalty = 0.0f;   // once per distinct token; in [-2, 2]
+  float frequency_penalty = 0.0f;  // count * f; in [-2, 2]
+  // Recent tokens (prompt + generated) the penalties look at: 0 => none,
+  // -1 => the whole history.
+  int32_t penalty_last_n = 64;
+  uint64_t seed = 0;
+  int32_t n_logprobs = 0;  // top-n raw logprobs to report, 0..kMaxLogprobs
+
+  // InvalidArgument naming the field and its allowed range when a value is
+  // out of range (or non-finite), or when n_vocab is not positive.
+  [[nodiscard]] absl::Status Validate(int32_t n_vocab) const;
+};
+
+// One token with its raw log-probability.
+struct TokenLogprob {
+  int32_t token;
+  float logprob;
+};
+
+// The chosen token, its raw log-probability and the top-n raw alternatives.
+struct SampleResult {
+  int32_t token;
+  float logprob;
+  std::vector<TokenLogprob> top;
+};
+
+// Buffers Sample() reuses between calls so that steady-state sampling does
+// not allocate. One per thread; the contents carry no state between calls.
+struct SamplerScratch {
+  std::vector<float> logits;       // (n_vocab) penalised logits
+  std::vector<float> weights;      // (n_vocab) w[i], valid for candidates
+  std::vector<int32_t> order;      // candidate token ids, partly sorted
+  std::vector<int32_t> counts;     // (n_vocab) window counts, kept all-zero
+  std::vector<int32_t> touched;    // distinct ids with counts[id] > 0
+};
+
+// Applies step 1 (penalties) to `logits` in place, exactly as Sample() does
+// before choosing; exposed for tests and for the device-kernel diff.
+// `scratch` may be null.
+void ApplyPenalties(std::span<float> logits, const SamplingParams& p,
+                    std::span<const int32_t> history, SamplerScratch* scratch);
+
+// Samples one token from `logits` (n_vocab floats, not modified). `history`
+// is the sequence so far (prompt + generated) for penalties. `stream`/`step`
+// select the RNG draw: stream identifies the sequence within its request (0
+// for the usual single sequence), step is the index of the generated token
+// (0 for the first). Depends on nothing else, so a request's tokens depend
+// only on (seed, stream, step, logits, history, params). `p` must have passed
+// Validate(logits.size()). `scratch` may be null (then it allocates).
+SampleResult Sample(std::span<const float> logits, const SamplingParams& p,
+                    std::span<const int32_t> history, uint64_t stream,
+                    uint64_t step, SamplerScratch* scratch);
+
+}  // namespace m40llm

@@ -1,0 +1,310 @@
+// The CPU backend against an independent, deliberately naive double-precision
+// llama forward pass (full recompute, no cache), on random models written by
+// the project's own GGUF writer; plus KV-cache, batching and validation checks.
+#include "engine/cpu_backend.h"
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/demo_model.h"
+#include "engine/fp16.h"
+#include "engine/gguf.h"
+#include "engine/model.h"
+#include "gtest/gtest.h"
+#include "tests/support/test_support.h"
+
+namespace m40llm {
+namespace {
+
+// Reads FP16 weights as doubles.
+double W(const MatrixF16& m, int64_t r, int64_t c) {
+  return HalfToFloat(m.data[static_cast<size_t>(r * m.cols + c)]);
+}
+
+// y = W x for a (rows, cols) FP16 matrix.
+std::vector<double> MatVec(const MatrixF16& m, const std::vector<double>& x) {
+  std::vector<double> y(m.rows, 0.0);
+  for (int64_t r = 0; r < m.rows; ++r) {
+    for (int64_t c = 0; c < m.cols; ++c) y[r] += W(m, r, c) * x[c];
+  }
+  return y;
+}
+
+std::vector<double> Norm(const std::vector<double>& x, const std::vector<float>& w, double eps) {
+  double ms = 0;
+  for (double v : x) ms += v * v;
+  ms /= x.size();
+  std::vector<double> y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] / std::sqrt(ms + eps) * w[i];
+  return y;
+}
+
+// Rotates adjacent pairs as complex numbers: (a + ib) * e^{i theta}.
+void RotateHead(double* v, const ModelConfig& c, const std::vector<float>& ff, int pos) {
+  for (int i = 0; i < c.n_rot / 2; ++i) {
+    const double inv_freq = 1.0 / std::pow(c.rope_freq_base, static_cast<double>(2 * i) / c.n_rot);
+    double theta = pos * inv_freq * c.rope_freq_scale;
+    if (!ff.empty()) theta /= ff[i];
+    const double a = v[2 * i], b = v[2 * i + 1];
+    v[2 * i] = a * std::cos(theta) - b * std::sin(theta);
+    v[2 * i + 1] = a * std::sin(theta) + b * std::cos(theta);
+  }
+}
+
+double RoundF16(double v) { return HalfToFloat(FloatToHalf(static_cast<float>(v))); }
+
+// Logits (T, n_vocab) for one sequence, recomputing attention over all
+// previous positions. K and V are rounded to FP16, the documented storage
+// policy of the cache, and nothing else is.
+std::vector<std::vector<double>> NaiveForward(const LlamaModel& m, const std::vector<int32_t>& toks) {
+  const ModelConfig& c = m.config();
+  const int T = static_cast<int>(toks.size());
+  const int hd = c.head_dim;
+  std::vector<std::vector<double>> x(T, std::vector<double>(c.n_embd));
+  for (int t = 0; t < T; ++t) {
+    for (int i = 0; i < c.n_embd; ++i) x[t][i] = W(m.token_embd, toks[t], i);
+  }
+  for (int l = 0; l < c.n_layer; ++l) {
+    const LayerWeights& w = m.layers[l];
+    std::vector<std::vector<double>> q(T), k(T), v(T);
+    for (int t = 0; t < T; ++t) {
+      const auto h = Norm(x[t], w.attn_norm, c.rms_eps);
+      q[t] = MatVec(w.wq, h);
+      k[t] = MatVec(w.wk, h);
+      v[t] = MatVec(w.wv, h);
+      for (int hh = 0; hh < c.n_head; ++hh) RotateHead(&q[t][hh * hd], c, m.rope_freqs, t);
+      for (int g = 0; g < c.n_head_kv; ++g) RotateHead(&k[t][g * hd], c, m.rope_freqs, t);
+      for (double& e : k[t]) e = RoundF16(e);
+      for (double& e : v[t]) e = RoundF16(e);
+    }
+    for (int t = 0; t < T; ++t) {
+      std::vector<double> att(c.q_dim(), 0.0);
+      for (int hh = 0; hh < c.n_head; ++hh) {
+        const int g = hh * c.n_head_kv / c.n_head;
+        std::vector<double> s(t + 1);
+        double mx = -1e300;
+        for (int j = 0; j <= t; ++j) {
+          double d = 0;
+          for (int e = 0; e < hd; ++e) d += q[t][hh * hd + e] * k[j][g * hd + e];
+          s[j] = d / std::sqrt(static_cast<double>(hd));
+          mx = std::max(mx, s[j]);
+        }
+        double z = 0;
+        for (double& e : s) z += (e = std::exp(e - mx));
+        for (int j = 0; j <= t; ++j) {
+          for (int e = 0; e < hd; ++e) att[hh * hd + e] += s[j] / z * v[j][g * hd + e];
+        }
+      }
+      const auto o = MatVec(w.wo, att);
+      for (int i = 0; i < c.n_embd; ++i) x[t][i] += o[i];
+      const auto h = Norm(x[t], w.ffn_norm, c.rms_eps);
+      auto gate = MatVec(w.w_gate, h);
+      const auto up = MatVec(w.w_up, h);
+      for (size_t i = 0; i < gate.size(); ++i) {
+        gate[i] = gate[i] / (1.0 + std::exp(-gate[i])) * up[i];
+      }
+      const auto d = MatVec(w.w_down, gate);
+      for (int i = 0; i < c.n_embd; ++i) x[t][i] += d[i];
+    }
+  }
+  std::vector<std::vector<double>> logits(T);
+  for (int t = 0; t < T; ++t) logits[t] = MatVec(m.lm_head(), Norm(x[t], m.output_norm, c.rms_eps));
+  return logits;
+}
+
+struct TestModel {
+  std::unique_ptr<GgufFile> file;
+  std::unique_ptr<LlamaModel> model;
+};
+
+TestModel MakeModel(RandomModelSpec spec) {
+  TestModel tm;
+  const std::string path = testing::TempDir() + "/model.gguf";
+  absl::Status s = WriteRandomLlama(spec, path);
+  EXPECT_TRUE(s.ok()) << s;
+  auto f = GgufFile::Open(path);
+  EXPECT_TRUE(f.ok()) << f.status();
+  if (!f.ok()) return tm;
+  tm.file = std::move(*f);
+  auto m = LlamaModel::Load(*tm.file);
+  EXPECT_TRUE(m.ok()) << m.status();
+  if (m.ok()) tm.model = std::move(*m);
+  return tm;
+}
+
+RandomModelSpec SmallSpec() {
+  RandomModelSpec s;
+  s.n_embd = 64;
+  s.n_layer = 2;
+  s.n_head = 4;
+  s.n_head_kv = 2;
+  s.n_ff = 96;
+  s.n_ctx = 64;
+  s.seed = 7;
+  return s;
+}
+
+std::vector<int32_t> RandomTokens(int n, int n_vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> d(0, n_vocab - 1);
+  std::vector<int32_t> t(n);
+  for (int32_t& v : t) v = d(rng);
+  return t;
+}
+
+// Runs one chunk and returns its logits (poisoned first, so unwritten rows show).
+std::vector<float> Run(CpuBackend& b, int slot, int pos, const std::vector<int32_t>& toks,
+                       bool all) {
+  ForwardOutput out;
+  out.logits.assign(1, NAN);
+  SeqChunk c{slot, pos, toks, all};
+  absl::Status s = b.Forward({&c, 1}, &out);
+  EXPECT_TRUE(s.ok()) << s;
+  return out.logits;
+}
+
+void ExpectMatchesNaive(const RandomModelSpec& spec, double tol) {
+  TestModel tm = MakeModel(spec);
+  ASSERT_NE(tm.model, nullptr);
+  const ModelConfig& c = tm.model->config();
+  BackendOptions o;
+  o.max_slots = 2;
+  o.ctx_per_slot = 32;
+  auto b = CpuBackend::Create(tm.model.get(), o);
+  ASSERT_TRUE(b.ok()) << b.status();
+  const auto toks = RandomTokens(12, c.n_vocab, static_cast<uint32_t>(spec.seed));
+  const std::vector<float> got = Run(**b, 1, 0, toks, true);
+  const auto want = NaiveForward(*tm.model, toks);
+  ASSERT_EQ(got.size(), toks.size() * c.n_vocab);
+  for (size_t t = 0; t < toks.size(); ++t) {
+    std::vector<float> w(want[t].begin(), want[t].end());
+    EXPECT_LE(testing::RelL2(&got[t * c.n_vocab], w.data(), c.n_vocab), tol) << "position " << t;
+  }
+}
+
+// FP32 arithmetic against a double reference with the same FP16 KV rounding:
+// differences are FP32 accumulation order plus rare FP16 rounding flips.
+constexpr double kNaiveTol = 2e-4;
+
+TEST(CpuBackend, MatchesNaiveGqa) { ExpectMatchesNaive(SmallSpec(), kNaiveTol); }
+
+TEST(CpuBackend, MatchesNaiveMhaAndMqa) {
+  RandomModelSpec s = SmallSpec();
+  s.n_head_kv = s.n_head;
+  ExpectMatchesNaive(s, kNaiveTol);
+  s.n_head_kv = 1;
+  s.seed = 11;
+  ExpectMatchesNaive(s, kNaiveTol);
+}
+
+TEST(CpuBackend, MatchesNaiveWithRopeScalingFreqFactorsAndTiedOutput) {
+  RandomModelSpec s = SmallSpec();
+  s.rope_scale_linear = 4.0f;
+  s.rope_freqs = true;
+  s.tied_output = true;
+  s.rope_freq_base = 500000.0f;
+  ExpectMatchesNaive(s, kNaiveTol);
+}
+
+TEST(CpuBackend, MatchesNaiveQuantised) {
+  RandomModelSpec s = SmallSpec();
+  s.weight_type = GgmlType::kQ8_0;
+  ExpectMatchesNaive(s, kNaiveTol);
+}
+
+TEST(CpuBackend, DecodeAfterPrefillEqualsOnePrefill) {
+  TestModel tm = MakeModel(SmallSpec());
+  ASSERT_NE(tm.model, nullptr);
+  const int V = tm.model->config().n_vocab;
+  BackendOptions o;
+  o.max_slots = 2;
+  o.ctx_per_slot = 32;
+  auto b = CpuBackend::Create(tm.model.get(), o);
+  ASSERT_TRUE(b.ok());
+  const auto toks = RandomTokens(10, V, 3);
+  const auto all = Run(**b, 0, 0, toks, true);
+  // Slot 1: prefill 4, then decode one token at a time.
+  std::vector<int32_t> head(toks.begin(), toks.begin() + 4);
+  auto last = Run(**b, 1, 0, head, false);
+  EXPECT_LE(testing::RelL2(last.data(), &all[3 * V], V), 1e-6);
+  for (int t = 4; t < 10; ++t) {
+    last = Run(**b, 1, t, {toks[t]}, false);
+    EXPECT_LE(testing::RelL2(last.data(), &all[t * V], V), 1e-6) << "position " << t;
+  }
+}
+
+TEST(CpuBackend, BatchedSequencesDoNotInteract) {
+  TestModel tm = MakeModel(SmallSpec());
+  ASSERT_NE(tm.model, nullptr);
+  const int V = tm.model->config().n_vocab;
+  BackendOptions o;
+  o.max_slots = 3;
+  o.ctx_per_slot = 32;
+  auto b = CpuBackend::Create(tm.model.get(), o);
+  ASSERT_TRUE(b.ok());
+  const auto a = RandomTokens(7, V, 5), c = RandomTokens(3, V, 6);
+  const auto alone_a = Run(**b, 0, 0, a, false);
+  const auto alone_c = Run(**b, 1, 0, c, false);
+  ForwardOutput out;
+  SeqChunk chunks[2] = {{2, 0, c, false}, {0, 0, a, false}};
+  ASSERT_TRUE((*b)->Forward(chunks, &out).ok());
+  ASSERT_EQ(out.rows, 2);
+  EXPECT_EQ(std::vector<float>(out.logits.begin(), out.logits.begin() + V), alone_c);
+  EXPECT_EQ(std::vector<float>(out.logits.begin() + V, out.logits.end()), alone_a);
+}
+
+TEST(CpuBackend, KvCacheLayoutIsLayerSlotHeadPosDim) {
+  TestModel tm = MakeModel(SmallSpec());
+  ASSERT_NE(tm.model, nullptr);
+  const ModelConfig& c = tm.model->config();
+  BackendOptions o;
+  o.max_slots = 2;
+  o.ctx_per_slot = 16;
+  auto b = CpuBackend::Create(tm.model.get(), o);
+  ASSERT_TRUE(b.ok());
+  const size_t hd = c.head_dim;
+  EXPECT_EQ((*b)->KvIndex(0, 0, 0, 1), hd);
+  EXPECT_EQ((*b)->KvIndex(0, 0, 1, 0), 16 * hd);
+  EXPECT_EQ((*b)->KvIndex(0, 1, 0, 0), 16 * hd * c.n_head_kv);
+  EXPECT_EQ((*b)->KvIndex(1, 0, 0, 0), 16 * hd * c.n_head_kv * 2);
+  // Writing slot 1 leaves slot 0's cache untouched (all zero).
+  Run(**b, 1, 0, RandomTokens(5, c.n_vocab, 9), false);
+  for (int l = 0; l < c.n_layer; ++l) {
+    for (int g = 0; g < c.n_head_kv; ++g) {
+      const uint16_t* k0 = (*b)->k_cache() + (*b)->KvIndex(l, 0, g, 0);
+      for (size_t i = 0; i < 16 * hd; ++i) ASSERT_EQ(k0[i], 0);
+      const uint16_t* k1 = (*b)->k_cache() + (*b)->KvIndex(l, 1, g, 4);
+      bool any = false;
+      for (size_t i = 0; i < hd; ++i) any |= k1[i] != 0;
+      EXPECT_TRUE(any) << "layer " << l << " head " << g;
+    }
+  }
+}
+
+TEST(CpuBackend, RejectsBadBatches) {
+  TestModel tm = MakeModel(SmallSpec());
+  ASSERT_NE(tm.model, nullptr);
+  BackendOptions o;
+  o.max_slots = 2;
+  o.ctx_per_slot = 8;
+  auto b = CpuBackend::Create(tm.model.get(), o);
+  ASSERT_TRUE(b.ok());
+  ForwardOutput out;
+  std::vector<int32_t> ok_toks = {1, 2, 3};
+  std::vector<int32_t> bad_tok = {1, tm.model->config().n_vocab};
+  SeqChunk slot_oob{2, 0, ok_toks, false};
+  EXPECT_EQ((*b)->Forward({&slot_oob, 1}, &out).code(), absl::StatusCode::kInvalidArgument);
+  SeqChunk past_ctx{0, 6, ok_toks, false};
+  EXPECT_EQ((*b)->Forward({&past_ctx, 1}, &out).code(), absl::StatusCode::kOutOfRange);
+  SeqChunk bad{0, 0, bad_tok, false};
+  EXPECT_EQ((*b)->Forward({&bad, 1}, &out).code(), absl::StatusCode::kInvalidArgument);
+  SeqChunk twice[2] = {{0, 0, ok_toks, false}, {0, 3, ok_toks, false}};
+  EXPECT_EQ((*b)->Forward(twice, &out).code(), absl::StatusCode::kInvalidArgument);
+  SeqChunk empty{0, 0, {}, false};
+  EXPECT_EQ((*b)->Forward({&empty, 1}, &out).code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace m40llm
