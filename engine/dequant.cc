@@ -19,7 +19,7 @@
 namespace m40llm {
 namespace {
 
-constexpr size_t kQK = 32;    // values per legacy block (Q4_0 .. Q8_0)
+constexpr size_t kQK = 32;     // values per legacy block (Q4_0 .. Q8_0)
 constexpr size_t kQK_K = 256;  // values per K-quant super-block
 
 // Little-endian binary16 at `p`, widened.
@@ -231,8 +231,8 @@ void BlockQ6_K(const uint8_t* b, float* y) {
   const uint8_t* qh = b + 128;
   const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
   const float d = LoadHalf(b + 208);
-  for (size_t half = 0; half < 2; ++half, y += 128, ql += 64, qh += 32,
-              sc += 8) {
+  for (size_t half = 0; half < 2;
+       ++half, y += 128, ql += 64, qh += 32, sc += 8) {
     for (size_t l = 0; l < 32; ++l) {
       const size_t is = l / 16;
       const int q1 = ((ql[l] & 0x0f) | (((qh[l] >> 0) & 3) << 4)) - 32;
@@ -279,12 +279,12 @@ absl::StatusOr<GgmlTypeTraits> CheckArgs(GgmlType type, size_t n,
 // F32 -> F16 rounding with the clamp described in dequant.h.
 void RoundToHalf(float* v, size_t n, uint16_t* dst, uint64_t* clamped) {
   uint64_t count = 0;
+  // Branch-free so that it vectorises. NaN fails the comparison and passes
+  // through unchanged.
   for (size_t i = 0; i < n; ++i) {
-    // NaN fails the comparison and passes through unchanged.
-    if (std::fabs(v[i]) > kHalfMax) {
-      v[i] = std::copysign(kHalfMax, v[i]);
-      ++count;
-    }
+    const bool out = std::fabs(v[i]) > kHalfMax;
+    count += out;
+    v[i] = out ? std::copysign(kHalfMax, v[i]) : v[i];
   }
   FloatToHalfN(v, dst, n);
   if (clamped != nullptr) *clamped += count;
@@ -353,9 +353,9 @@ absl::Status DequantizeToF32(GgmlType type, const uint8_t* src, size_t n,
       break;
     default:
       // CheckArgs admits only the types above.
-      return absl::InternalError(absl::StrFormat(
-          "dequantisation of tensor type %s is not implemented",
-          TypeName(type)));
+      return absl::InternalError(
+          absl::StrFormat("dequantisation of tensor type %s is not implemented",
+                          TypeName(type)));
   }
   return absl::OkStatus();
 }
@@ -372,7 +372,8 @@ absl::Status DequantizeToF16(GgmlType type, const uint8_t* src, size_t n,
   constexpr size_t kChunk = 8 * kQK_K;
   static_assert(kChunk % kQK == 0);
   float tmp[kChunk];
-  const size_t bytes_per_chunk = kChunk / traits.block_elems * traits.block_bytes;
+  const size_t bytes_per_chunk =
+      kChunk / traits.block_elems * traits.block_bytes;
   for (size_t i = 0, off = 0; i < n; i += kChunk, off += bytes_per_chunk) {
     const size_t len = std::min(kChunk, n - i);
     RETURN_IF_ERROR(DequantizeToF32(type, src + off, len, tmp));

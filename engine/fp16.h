@@ -85,7 +85,7 @@ M40_HD inline uint16_t FloatToHalf(float f) {
   const uint32_t x = fp16_internal::FloatBits(f);
   const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
   const uint32_t a = x & 0x7fffffffu;  // magnitude bits
-  if (a > 0x7f800000u) {                // NaN
+  if (a > 0x7f800000u) {               // NaN
     uint32_t payload = (a >> 13) & 0x3ffu;
     if (payload == 0) payload = 0x200u;
     return static_cast<uint16_t>(sign | 0x7c00u | payload);

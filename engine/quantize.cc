@@ -63,7 +63,8 @@ void RangeWithZero(const float* x, size_t n, float* lo, float* hi) {
 // The largest-magnitude value maps exactly onto the most negative quant.
 void BlockSymmetric(const float* x, uint8_t* b, int bits) {
   const int half = 1 << (bits - 1);
-  const float d = StoreHalf(b, SignedAbsMax(x, kQK) / static_cast<float>(-half));
+  const float d =
+      StoreHalf(b, SignedAbsMax(x, kQK) / static_cast<float>(-half));
   uint8_t* qh = b + 2;  // Q5_0 only
   uint8_t* qs = b + (bits == 5 ? 6 : 2);
   uint32_t high = 0;
@@ -152,8 +153,8 @@ void SymmetricGroups(const float* x, int q_half, int sc_lo, int sc_hi,
   float scale[kGroups];
   float scale_amax = 0.0f;
   for (size_t g = 0; g < kGroups; ++g) {
-    scale[g] =
-        SignedAbsMax(x + g * kGroupSize, kGroupSize) / static_cast<float>(-q_half);
+    scale[g] = SignedAbsMax(x + g * kGroupSize, kGroupSize) /
+               static_cast<float>(-q_half);
     scale_amax = std::max(scale_amax, std::fabs(scale[g]));
   }
   const float d = StoreHalf(d_at, scale_amax / static_cast<float>(sc_hi));
@@ -171,7 +172,8 @@ void SymmetricGroups(const float* x, int q_half, int sc_lo, int sc_hi,
 void BlockQ2_K(const float* x, uint8_t* b) {
   int sc[16], m[16], q[kQK_K];
   AffineGroups(x, 16, 16, 4, 3, b + 80, b + 82, sc, m, q);
-  for (size_t g = 0; g < 16; ++g) b[g] = static_cast<uint8_t>(sc[g] | (m[g] << 4));
+  for (size_t g = 0; g < 16; ++g)
+    b[g] = static_cast<uint8_t>(sc[g] | (m[g] << 4));
   uint8_t* qs = b + 16;
   std::memset(qs, 0, 64);
   // Value i = 128h + 32j + 16p + l lives in qs[32h + 16p + l], bits 2j..2j+1.

@@ -2,10 +2,9 @@
 // bit-identical to llama.cpp's (reference/dequant/*.f32, listed in index.json).
 #include <cstdio>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "engine/dequant.h"
 #include "engine/ggml_types.h"

@@ -1,6 +1,8 @@
 // Tests for engine/fp16.h, engine/dequant.h and engine/quantize.h: exhaustive
 // half conversion checks, every block format decoded against an independent
 // bit-level reading of its layout, and quantise -> dequantise round trips.
+#include "engine/dequant.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -10,7 +12,6 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "engine/dequant.h"
 #include "engine/fp16.h"
 #include "engine/ggml_types.h"
 #include "engine/quantize.h"
@@ -38,8 +39,7 @@ double HalfValue(uint16_t h) {
   const int s = h >> 15;
   const int e = (h >> 10) & 31;
   const int m = h & 1023;
-  const double mag =
-      e == 0 ? std::ldexp(m, -24) : std::ldexp(1024 + m, e - 25);
+  const double mag = e == 0 ? std::ldexp(m, -24) : std::ldexp(1024 + m, e - 25);
   return s ? -mag : mag;
 }
 
@@ -258,8 +258,7 @@ double ExpectedValue(GgmlType t, const uint8_t* b, size_t i) {
       const double q = Bits(b, 8 * (32 + 32 * h + r) + 2 * k, 2) +
                        4.0 * Bits(b, 8 * r + i / 32, 1) - 4;
       const double sc = Bits(b, 8 * (96 + g % 8) + 4 * (g / 8), 4) +
-                        16.0 * Bits(b, 8 * (104 + g % 4) + 2 * (g / 4), 2) -
-                        32;
+                        16.0 * Bits(b, 8 * (104 + g % 4) + 2 * (g / 4), 2) - 32;
       return HalfAt(b, 108) * sc * q;
     }
     case GgmlType::kQ4_K: {
@@ -327,8 +326,10 @@ TEST_P(BlockDecodeTest, MatchesBitLevelReading) {
   // Blocks of fixed pseudo-random bytes (every quant and scale bit takes both
   // values somewhere) whose half fields are set to chosen scales: ordinary,
   // negative, subnormal, small and large.
-  const uint16_t kScales[][2] = {{0x3c00, 0x3800}, {0xb800, 0x2e66},
-                                 {0x0003, 0x83ff}, {0x1a3f, 0x0000},
+  const uint16_t kScales[][2] = {{0x3c00, 0x3800},
+                                 {0xb800, 0x2e66},
+                                 {0x0003, 0x83ff},
+                                 {0x1a3f, 0x0000},
                                  {0x5a00, 0xc900}};
   constexpr size_t kBlocks = sizeof(kScales) / sizeof(kScales[0]);
   std::vector<uint8_t> data(kBlocks * traits.block_bytes);
@@ -382,10 +383,11 @@ TEST(DequantTest, FloatTypesDecodeExactly) {
     bf16[1 + 2 * i] = static_cast<uint8_t>(bh & 0xff);
     bf16[2 + 2 * i] = static_cast<uint8_t>(bh >> 8);
   }
-  ASSERT_TRUE(DequantizeToF32(GgmlType::kF16, f16.data() + 1, n, out.data()).ok());
+  ASSERT_TRUE(
+      DequantizeToF32(GgmlType::kF16, f16.data() + 1, n, out.data()).ok());
   for (size_t i = 0; i < n; ++i) {
-    EXPECT_EQ(Bits32(out[i]), Bits32(static_cast<float>(
-                                  HalfValue(FloatToHalf(values[i])))));
+    EXPECT_EQ(Bits32(out[i]),
+              Bits32(static_cast<float>(HalfValue(FloatToHalf(values[i])))));
   }
   ASSERT_TRUE(
       DequantizeToF32(GgmlType::kBF16, bf16.data() + 1, n, out.data()).ok());
@@ -395,14 +397,10 @@ TEST(DequantTest, FloatTypesDecodeExactly) {
 }
 
 TEST(DequantTest, ToF16ClampsOutOfRangeAndCounts) {
-  const float in[] = {1e6f,
-                      -1e6f,
-                      std::numeric_limits<float>::infinity(),
-                      std::nanf(""),
-                      65504.0f,
-                      65519.0f,
-                      1.0f,
-                      -70000.0f};
+  const float in[] = {
+      1e6f,          -1e6f,    std::numeric_limits<float>::infinity(),
+      std::nanf(""), 65504.0f, 65519.0f,
+      1.0f,          -70000.0f};
   constexpr size_t n = sizeof(in) / sizeof(in[0]);
   std::vector<uint16_t> out(n, 0);
   uint64_t clamped = 10;  // incremented, not reset
@@ -462,13 +460,13 @@ struct RoundTripCase {
 };
 
 constexpr RoundTripCase kRoundTrips[] = {
-    {GgmlType::kF32, 0.0},      {GgmlType::kF16, 2.5e-4},
-    {GgmlType::kBF16, 2.0e-3},  {GgmlType::kQ8_0, 0.0065},  // measured 0.0054
-    {GgmlType::kQ4_0, 0.105},   {GgmlType::kQ4_1, 0.095},   // 0.087, 0.079
-    {GgmlType::kQ5_0, 0.052},   {GgmlType::kQ5_1, 0.046},   // 0.043, 0.039
-    {GgmlType::kQ2_K, 0.40},    {GgmlType::kQ3_K, 0.19},    // 0.334, 0.157
-    {GgmlType::kQ4_K, 0.095},   {GgmlType::kQ5_K, 0.047},   // 0.080, 0.039
-    {GgmlType::kQ6_K, 0.023},                               // 0.019
+    {GgmlType::kF32, 0.0},     {GgmlType::kF16, 2.5e-4},
+    {GgmlType::kBF16, 2.0e-3}, {GgmlType::kQ8_0, 0.0065},  // measured 0.0054
+    {GgmlType::kQ4_0, 0.105},  {GgmlType::kQ4_1, 0.095},   // 0.087, 0.079
+    {GgmlType::kQ5_0, 0.052},  {GgmlType::kQ5_1, 0.046},   // 0.043, 0.039
+    {GgmlType::kQ2_K, 0.40},   {GgmlType::kQ3_K, 0.19},    // 0.334, 0.157
+    {GgmlType::kQ4_K, 0.095},  {GgmlType::kQ5_K, 0.047},   // 0.080, 0.039
+    {GgmlType::kQ6_K, 0.023},                              // 0.019
 };
 
 class RoundTripTest : public ::testing::TestWithParam<RoundTripCase> {};
@@ -486,7 +484,8 @@ TEST_P(RoundTripTest, RelativeL2WithinBound) {
   const auto traits = *TypeTraits(static_cast<uint32_t>(c.type));
   ASSERT_EQ(q->size(), x.size() / traits.block_elems * traits.block_bytes);
   std::vector<float> y(x.size(), std::nanf(""));  // poisoned
-  ASSERT_TRUE(DequantizeToF32(c.type, reinterpret_cast<const uint8_t*>(q->data()),
+  ASSERT_TRUE(DequantizeToF32(c.type,
+                              reinterpret_cast<const uint8_t*>(q->data()),
                               x.size(), y.data())
                   .ok());
   const double err = testing::RelL2(y.data(), x.data(), x.size());
@@ -495,9 +494,11 @@ TEST_P(RoundTripTest, RelativeL2WithinBound) {
   EXPECT_LE(err, c.max_rel_l2) << TypeName(c.type);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllTypes, RoundTripTest, ::testing::ValuesIn(kRoundTrips),
-    [](const auto& info) { return TypeName(info.param.type); });
+INSTANTIATE_TEST_SUITE_P(AllTypes, RoundTripTest,
+                         ::testing::ValuesIn(kRoundTrips),
+                         [](const auto& info) {
+                           return TypeName(info.param.type);
+                         });
 
 TEST(DequantTest, RejectsUnsupportedTypesAndRaggedLengths) {
   std::vector<uint8_t> src(1024);
@@ -515,12 +516,13 @@ TEST(DequantTest, RejectsUnsupportedTypesAndRaggedLengths) {
     const auto qs = QuantizeFromF32(t, f32.data(), 256);
     EXPECT_EQ(qs.status().code(), absl::StatusCode::kInvalidArgument);
   }
-  const absl::Status unknown = DequantizeToF32(static_cast<GgmlType>(77),
-                                               src.data(), 256, f32.data());
+  const absl::Status unknown =
+      DequantizeToF32(static_cast<GgmlType>(77), src.data(), 256, f32.data());
   EXPECT_EQ(unknown.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(unknown.message().find("type#77"), std::string::npos) << unknown;
-  EXPECT_EQ(DequantizeToF32(GgmlType::kQ4_K, src.data(), 100, f32.data()).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      DequantizeToF32(GgmlType::kQ4_K, src.data(), 100, f32.data()).code(),
+      absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(DequantizeToF32(GgmlType::kQ8_0, src.data(), 33, f32.data()).code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(QuantizeFromF32(GgmlType::kQ4_0, f32.data(), 31).status().code(),

@@ -409,17 +409,39 @@ TEST(SamplerTest, LargeVocabularyDrawsFollowTheReferenceInverseCdf) {
                      cum.begin());
     std::map<int32_t, size_t> position;
     for (size_t i = 0; i < ref.kept.size(); ++i) position[ref.kept[i]] = i;
+    const uint64_t stream = ci;  // stream 0 and others alike
     for (uint64_t step = 0; step < 200; ++step) {
-      const int32_t token = Sample(logits, p, {}, 0, step, &scratch).token;
+      const int32_t token = Sample(logits, p, {}, stream, step, &scratch).token;
       const auto it = position.find(token);
       ASSERT_NE(it, position.end()) << "case " << ci << ": token " << token
                                     << " is outside the kept set";
-      const double target = UniformFloat(p.seed, 0, step, 0) * cum.back();
+      const double target =
+          UniformFloat(p.seed, stream, step, 0) * cum.back();
       const double lo = it->second == 0 ? 0.0 : cum[it->second - 1];
       const double slack = 1e-5 * cum.back();
       EXPECT_LE(lo, target + slack) << "case " << ci << " step " << step;
       EXPECT_GT(cum[it->second], target - slack)
           << "case " << ci << " step " << step;
+    }
+  }
+}
+
+// Equal logits: the sorted order is by id, so with u from the documented
+// draw the token is exactly floor(u * n_kept) (all products are exact).
+TEST(SamplerTest, TiedCandidatesAreOrderedByIdInTheInverseCdf) {
+  const std::vector<float> logits(4, 0.5f);
+  SamplingParams p;
+  p.seed = 3;
+  for (const int32_t top_k : {0, 3, 1}) {
+    p.top_k = top_k;
+    const int n_kept = top_k == 0 ? 4 : top_k;
+    for (const uint64_t stream : {0, 5}) {
+      for (uint64_t step = 0; step < 2000; ++step) {
+        const double u = UniformFloat(p.seed, stream, step, 0);
+        EXPECT_EQ(Sample(logits, p, {}, stream, step, nullptr).token,
+                  static_cast<int32_t>(std::floor(u * n_kept)))
+            << "top_k " << top_k << " stream " << stream << " step " << step;
+      }
     }
   }
 }

@@ -1,0 +1,108 @@
+// Builds the demo vocabulary: special and byte tokens, single characters,
+// then prefix chains of common English words ("▁t", "▁th", "▁the") and a
+// few suffixes, until kDemoVocabSize tokens.
+#include "engine/demo_vocab.h"
+
+#include <string>
+#include <string_view>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_format.h"
+
+namespace m40llm {
+namespace {
+
+constexpr std::string_view kMarker = "\xE2\x96\x81";  // U+2581, a word start
+
+// Common English words, most frequent first; each contributes the chain of
+// its "▁"-prefixed prefixes.
+constexpr std::string_view kWords[] = {
+    "the",   "of",    "and",   "to",    "in",    "is",    "it",    "you",
+    "that",  "he",    "was",   "for",   "on",    "are",   "with",  "as",
+    "I",     "his",   "they",  "be",    "at",    "one",   "have",  "this",
+    "from",  "or",    "had",   "by",    "word",  "but",   "what",  "some",
+    "we",    "can",   "out",   "other", "were",  "all",   "there", "when",
+    "up",    "use",   "your",  "how",   "said",  "an",    "each",  "she",
+    "which", "do",    "their", "time",  "if",    "will",  "The",   "Hello",
+    "world", "model", "token", "text",  "It",    "This",  "We",    "A",
+    "more",  "would", "like",  "so",    "these", "her",   "long",  "make",
+};
+
+// Word endings, added after the words so that word-start merges win.
+constexpr std::string_view kSuffixes[] = {
+    "ing", "ed", "er", "es", "ly", "ion", "ent", "est", "s.", ".\xE2\x96\x81",
+};
+
+class Builder {
+ public:
+  explicit Builder(Vocab* v) : v_(v) {}
+
+  bool full() const { return v_->tokens.size() >= kDemoVocabSize; }
+
+  void Add(std::string text, TokenType type, float score) {
+    if (full() || !seen_.insert(text).second) return;
+    v_->tokens.push_back(std::move(text));
+    v_->scores.push_back(score);
+    v_->token_type.push_back(static_cast<int32_t>(type));
+  }
+
+  // Normal pieces get descending scores in the order they are added.
+  void AddPiece(std::string text) {
+    Add(std::move(text), TokenType::kNormal, -static_cast<float>(next_rank_++));
+  }
+
+  // Adds every prefix of `s` of two or more UTF-8 characters.
+  void AddChain(const std::string& s) {
+    for (size_t end = 1; end <= s.size(); ++end) {
+      if (end < s.size() && (static_cast<uint8_t>(s[end]) & 0xC0) == 0x80) continue;
+      const std::string prefix = s.substr(0, end);
+      if (CharCount(prefix) >= 2) AddPiece(prefix);
+    }
+  }
+
+ private:
+  static size_t CharCount(const std::string& s) {
+    size_t n = 0;
+    for (char c : s) n += (static_cast<uint8_t>(c) & 0xC0) != 0x80;
+    return n;
+  }
+
+  Vocab* v_;
+  absl::flat_hash_set<std::string> seen_;
+  int next_rank_ = 0;
+};
+
+}  // namespace
+
+Vocab MakeDemoVocab() {
+  Vocab v;
+  v.model = "llama";
+  v.pre = "default";
+  v.unk = 0;
+  v.bos = 1;
+  v.eos = 2;
+  v.add_bos = true;
+  v.add_eos = false;
+  v.add_space_prefix = true;
+
+  Builder b(&v);
+  b.Add("<unk>", TokenType::kUnknown, 0.0f);
+  b.Add("<s>", TokenType::kControl, 0.0f);
+  b.Add("</s>", TokenType::kControl, 0.0f);
+  for (int i = 0; i < 256; ++i) {
+    b.Add(absl::StrFormat("<0x%02X>", i), TokenType::kByte, 0.0f);
+  }
+  b.AddPiece(std::string(kMarker));
+  for (char c = '!'; c <= '~'; ++c) b.AddPiece(std::string(1, c));
+  for (std::string_view w : kWords) b.AddChain(std::string(kMarker) + std::string(w));
+  for (std::string_view s : kSuffixes) b.AddChain(std::string(s));
+  // Pad with two-letter pieces in a fixed order until the size is reached.
+  for (char a = 'a'; a <= 'z' && !b.full(); ++a) {
+    for (const char* c = "eaiou"; *c != '\0' && !b.full(); ++c) {
+      b.AddPiece(std::string{a, *c});
+    }
+  }
+  return v;
+}
+
+}  // namespace m40llm
