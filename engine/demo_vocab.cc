@@ -1,6 +1,6 @@
 // Builds the demo vocabulary: special and byte tokens, single characters,
-// then prefix chains of common English words ("▁t", "▁th", "▁the") and a
-// few suffixes, until kDemoVocabSize tokens.
+// then prefix chains of common English words ("▁t", "▁th", "▁the") and
+// frequent letter groups, padded with letter pairs to kDemoVocabSize tokens.
 #include "engine/demo_vocab.h"
 
 #include <string>
@@ -17,20 +17,19 @@ constexpr std::string_view kMarker = "\xE2\x96\x81";  // U+2581, a word start
 // Common English words, most frequent first; each contributes the chain of
 // its "▁"-prefixed prefixes.
 constexpr std::string_view kWords[] = {
-    "the",   "of",    "and",   "to",    "in",    "is",    "it",    "you",
-    "that",  "he",    "was",   "for",   "on",    "are",   "with",  "as",
-    "I",     "his",   "they",  "be",    "at",    "one",   "have",  "this",
-    "from",  "or",    "had",   "by",    "word",  "but",   "what",  "some",
-    "we",    "can",   "out",   "other", "were",  "all",   "there", "when",
-    "up",    "use",   "your",  "how",   "said",  "an",    "each",  "she",
-    "which", "do",    "their", "time",  "if",    "will",  "The",   "Hello",
-    "world", "model", "token", "text",  "It",    "This",  "We",    "A",
-    "more",  "would", "like",  "so",    "these", "her",   "long",  "make",
+    "the",   "of",   "and",  "to",   "in",   "is",    "it",    "you",   "that",  "he",
+    "was",   "for",  "on",   "are",  "with", "as",    "I",     "his",   "they",  "be",
+    "at",    "one",  "have", "this", "from", "or",    "had",   "by",    "word",  "but",
+    "what",  "some", "we",   "can",  "out",  "other", "were",  "all",   "there", "when",
+    "up",    "use",  "your", "how",  "said", "an",    "each",  "she",   "which", "do",
+    "their", "time", "if",   "will", "The",  "Hello", "world", "model", "token", "text",
 };
 
-// Word endings, added after the words so that word-start merges win.
-constexpr std::string_view kSuffixes[] = {
-    "ing", "ed", "er", "es", "ly", "ion", "ent", "est", "s.", ".\xE2\x96\x81",
+// Frequent letter groups inside words, added after the words so that
+// word-start pieces merge first.
+constexpr std::string_view kInnerPieces[] = {
+    "er", "ed", "es", "en", "re", "on",  "an",  "at",  "or",
+    "ar", "st", "nd", "ou", "ly", "ing", "ion", "ent",
 };
 
 class Builder {
@@ -95,7 +94,7 @@ Vocab MakeDemoVocab() {
   b.AddPiece(std::string(kMarker));
   for (char c = '!'; c <= '~'; ++c) b.AddPiece(std::string(1, c));
   for (std::string_view w : kWords) b.AddChain(std::string(kMarker) + std::string(w));
-  for (std::string_view s : kSuffixes) b.AddChain(std::string(s));
+  for (std::string_view s : kInnerPieces) b.AddChain(std::string(s));
   // Pad with two-letter pieces in a fixed order until the size is reached.
   for (char a = 'a'; a <= 'z' && !b.full(); ++a) {
     for (const char* c = "eaiou"; *c != '\0' && !b.full(); ++c) {

@@ -159,16 +159,16 @@ absl::Status GgufWriter::AddTensor(std::string_view name, GgmlType type,
         absl::StrCat("GgufWriter: tensor '", Sv(name), "': ", Sv(why)));
   };
   if (!ValidAlignment(alignment_)) {
-    return fail(absl::StrCat("alignment ", alignment_,
-                             " is not a power of two"));
+    return fail(
+        absl::StrCat("alignment ", alignment_, " is not a power of two"));
   }
   for (const Tensor& t : tensors_) {
     if (t.name == name) return fail("duplicate tensor name");
   }
   const auto traits = TypeTraits(static_cast<uint32_t>(type));
   if (!traits) {
-    return fail(absl::StrCat("unknown type ",
-                             TypeName(static_cast<uint32_t>(type))));
+    return fail(
+        absl::StrCat("unknown type ", TypeName(static_cast<uint32_t>(type))));
   }
   if (dims.empty() || dims.size() > kMaxDims) {
     return fail(absl::StrCat(dims.size(), " dimensions (1..4 allowed)"));
@@ -246,7 +246,8 @@ absl::Status GgufWriter::WriteFile(const std::string& path) const {
   if (std::fclose(f) != 0 || written != bytes.size()) {
     return absl::InternalError(absl::StrCat(
         path, ": write failed after ", written, " of ", bytes.size(),
-        " bytes: ", std::strerror(written != bytes.size() ? write_errno : errno)));
+        " bytes: ",
+        std::strerror(written != bytes.size() ? write_errno : errno)));
   }
   return absl::OkStatus();
 }

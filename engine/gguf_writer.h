@@ -45,8 +45,8 @@ class GgufWriter {
   void AddInt32Array(std::string_view key, std::span<const int32_t> v);
   // Any array: `elem_type` and the already-encoded elements (for nested
   // arrays, each element is `type(u32) count(u64) payload`).
-  void AddRawArray(std::string_view key, GgufValueType elem_type, uint64_t count,
-                   std::string encoded_elements);
+  void AddRawArray(std::string_view key, GgufValueType elem_type,
+                   uint64_t count, std::string encoded_elements);
 
   // A tensor; `dims[0]` is ne0 (innermost). `data` must hold exactly the
   // type's byte size for these dims. Fails on a duplicate name, 0 or more

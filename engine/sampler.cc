@@ -1,12 +1,13 @@
 // Token sampler: the host reference of the semantics documented in
-// engine/sampler.h, built to stay O(n_vocab) in the common cases by sorting
-// only as much of the candidate list as truncation and the draw inspect.
+// engine/sampler.h. It stays O(n_vocab) plus a few small sorts whatever the
+// truncation settings, by ordering candidates in weight buckets and sorting
+// only the buckets that a truncation or draw boundary falls in.
 #include "engine/sampler.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
+#include <numbers>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -20,9 +21,16 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// The first chunk the candidate list sorts; later chunks double. Large enough
-// to cover the mass of a typical LLM distribution in one go.
-constexpr size_t kFirstSortedChunk = 256;
+// Candidates are bucketed by their distance below the top logit:
+//   bucket(i) = floor((l_max - l[i]) * kBucketsPerOctave / (T * ln 2)),
+// so one bucket spans a factor of about 2^(1/kBucketsPerOctave) in weight;
+// kOverflowBucket takes everything below ~2^-kOctaves, masked tokens
+// included. Buckets follow the sorted order (the key is monotone in the
+// logit), so a cumulative-weight walk can skip a whole bucket by its total.
+constexpr int kBucketsPerOctave = 16;
+constexpr int kOctaves = 48;
+constexpr uint32_t kOverflowBucket = kBucketsPerOctave * kOctaves;
+constexpr uint32_t kNumBuckets = kOverflowBucket + 1;
 
 // NaN logits are treated as -inf everywhere (never chosen, logprob -inf).
 inline float Clean(float x) { return std::isnan(x) ? kNegInf : x; }
@@ -36,43 +44,151 @@ struct HigherLogitFirst {
   }
 };
 
-// Sorts a candidate list lazily from the front: after Extend(n) the first n
-// entries are in sorted order and no later entry precedes any of them. Each
-// extension costs one selection over the unsorted tail plus a sort of the
-// new chunk, so a walk that stops early never pays for a full sort.
-class LazySortedOrder {
+// The first `k_len` tokens of the sorted order of penalised logits `l`, laid
+// out bucket by bucket in scratch->order, with their weights in
+// scratch->weights and per-bucket totals. Buckets are sorted on first use.
+class BucketedCandidates {
  public:
-  LazySortedOrder(std::vector<int32_t>* order, HigherLogitFirst less)
-      : order_(*order), less_(less) {}
+  // Where a cumulative-weight walk stopped: the prefix length, the weight
+  // of that prefix and whether the requested level was reached.
+  struct Crossing {
+    size_t len;
+    double cum;
+    bool found;
+  };
 
-  // Ensures entry `i` is in its final sorted position.
-  void Need(size_t i) {
-    if (i < sorted_) return;
-    const size_t want = std::max({i + 1, 2 * sorted_, kFirstSortedChunk});
-    const size_t n = std::min(want, order_.size());
-    const auto first = order_.begin() + static_cast<ptrdiff_t>(sorted_);
-    const auto mid = order_.begin() + static_cast<ptrdiff_t>(n);
-    if (mid != order_.end()) std::nth_element(first, mid, order_.end(), less_);
-    std::sort(first, mid, less_);
-    sorted_ = n;
+  BucketedCandidates(std::span<const float> l, float temperature,
+                     SamplerScratch* scratch)
+      : l_(l),
+        t_(temperature),
+        less_{l.data()},
+        order_(scratch->order),
+        w_(scratch->weights),
+        start_(scratch->bucket_start),
+        end_(scratch->bucket_end),
+        mass_(scratch->bucket_mass),
+        sorted_(scratch->bucket_sorted) {}
+
+  // Lays out the first `k_len` (1..n) candidates and weighs them.
+  void Build(size_t k_len, float min_p) {
+    const size_t n = l_.size();
+    l_max_ = *std::max_element(l_.begin(), l_.end());
+    scale_ = static_cast<float>(kBucketsPerOctave / std::numbers::ln2) / t_;
+
+    // Counting sort by bucket, stopping at the bucket holding position
+    // k_len - 1; later buckets are never looked at.
+    start_.assign(kNumBuckets + 1, 0);
+    for (size_t i = 0; i < n; ++i) ++start_[Bucket(i) + 1];
+    for (uint32_t b = 0; b < kNumBuckets; ++b) start_[b + 1] += start_[b];
+    last_ = 0;
+    while (start_[last_ + 1] < k_len) ++last_;
+    end_.assign(start_.begin(), start_.end() - 1);  // fill cursors for now
+    order_.resize(start_[last_ + 1]);
+    for (size_t i = 0; i < n; ++i) {
+      const uint32_t b = Bucket(i);
+      if (b <= last_) order_[end_[b]++] = static_cast<int32_t>(i);
+    }
+    sorted_.assign(kNumBuckets, 0);
+    if (k_len < order_.size()) {
+      // top-k cuts the last bucket: keep its k_len - start best, sorted.
+      const auto first = order_.begin() + start_[last_];
+      const auto cut = order_.begin() + static_cast<ptrdiff_t>(k_len);
+      std::nth_element(first, cut, order_.end(), less_);
+      std::sort(first, cut, less_);
+      order_.resize(k_len);
+      end_[last_] = k_len;
+      sorted_[last_] = 1;
+    }
+
+    w_.resize(n);
+    mass_.assign(kNumBuckets, 0.0);
+    total_ = 0;
+    min_p_len_ = 0;
+    for (uint32_t b = 0; b <= last_; ++b) {
+      for (size_t j = start_[b]; j < end_[b]; ++j) {
+        const int32_t id = order_[j];
+        const float w = l_[id] == l_max_ ? 1.0f : std::exp((l_[id] - l_max_) / t_);
+        w_[id] = w;
+        mass_[b] += w;
+        min_p_len_ += w >= min_p;
+      }
+      total_ += mass_[b];
+    }
+  }
+
+  // Total weight of the candidates (W).
+  double total_weight() const { return total_; }
+  // Length of the prefix whose weights are >= min_p (w is monotone).
+  size_t min_p_len() const { return min_p_len_; }
+
+  // Walks the first `limit` positions and stops at the first prefix whose
+  // cumulative weight is > x (strict) or >= x (not strict).
+  Crossing Walk(double x, bool strict, size_t limit) {
+    auto reached = [&](double cum) { return strict ? x < cum : cum >= x; };
+    double cum = 0;
+    for (uint32_t b = 0; b <= last_ && start_[b] < limit; ++b) {
+      if (start_[b] == end_[b]) continue;
+      if (end_[b] <= limit && !reached(cum + mass_[b])) {
+        cum += mass_[b];
+        continue;
+      }
+      SortBucket(b);
+      const size_t stop = std::min<size_t>(end_[b], limit);
+      for (size_t j = start_[b]; j < stop; ++j) {
+        cum += w_[order_[j]];
+        if (reached(cum)) return {j + 1, cum, true};
+      }
+    }
+    return {limit, cum, false};
+  }
+
+  // The token at sorted position `pos`, which a Walk() must have visited
+  // (or 0, which is always in the first bucket).
+  int32_t TokenAt(size_t pos) {
+    if (pos == 0) SortBucket(0);
+    return order_[pos];
   }
 
  private:
-  std::vector<int32_t>& order_;
-  HigherLogitFirst less_;
-  size_t sorted_ = 0;
+  uint32_t Bucket(size_t i) const {
+    if (l_[i] == l_max_) return 0;
+    const float s = (l_max_ - l_[i]) * scale_;
+    return s < static_cast<float>(kOverflowBucket) ? static_cast<uint32_t>(s)
+                                                   : kOverflowBucket;
+  }
+
+  void SortBucket(uint32_t b) {
+    if (sorted_[b]) return;
+    std::sort(order_.begin() + start_[b], order_.begin() + end_[b], less_);
+    sorted_[b] = 1;
+  }
+
+  std::span<const float> l_;
+  const float t_;
+  const HigherLogitFirst less_;
+  std::vector<int32_t>& order_;      // (<= n) token ids, bucket-major
+  std::vector<float>& w_;            // (n) weights by token id
+  std::vector<uint32_t>& start_;     // (kNumBuckets + 1) first position
+  std::vector<uint32_t>& end_;       // (kNumBuckets) one past the last
+  std::vector<double>& mass_;        // (kNumBuckets) total weight
+  std::vector<uint8_t>& sorted_;     // (kNumBuckets) bucket sorted yet
+  float l_max_ = 0;
+  float scale_ = 0;
+  uint32_t last_ = 0;                // last bucket holding candidates
+  double total_ = 0;
+  size_t min_p_len_ = 0;
 };
 
-// Fills result->top with the `n_top` highest raw logits (ties to the lower
-// id), temporarily storing the cleaned logit in `logprob`. One pass with an
-// insertion into a list of at most kMaxLogprobs entries.
-void SelectTopRaw(std::span<const float> logits, size_t n_top,
-                  std::vector<TokenLogprob>* top) {
+// Fills `top` with the `n_top` highest of the NaN-free logits `l` (ties to
+// the lower id), temporarily storing the logit in `logprob`. One pass with
+// an insertion into a list of at most kMaxLogprobs entries.
+void SelectTop(std::span<const float> l, size_t n_top,
+               std::vector<TokenLogprob>* top) {
   top->clear();
   if (n_top == 0) return;
   top->reserve(n_top);
-  for (size_t i = 0; i < logits.size(); ++i) {
-    const float x = Clean(logits[i]);
+  for (size_t i = 0; i < l.size(); ++i) {
+    const float x = l[i];
     // Ids arrive in increasing order, so an equal logit never displaces an
     // entry already present: ties resolve to the lower id.
     if (top->size() == n_top && !(x > top->back().logprob)) continue;
@@ -176,29 +292,27 @@ SampleResult Sample(std::span<const float> logits, const SamplingParams& p,
   SampleResult result{0, kNegInf, {}};
   if (n == 0) return result;
 
-  // Raw log-softmax normaliser: log_z = log(sum exp(x - raw_max)).
+  // NaN-free copy; it is penalised in place below (step 1).
+  std::vector<float>& l = scratch->logits;
+  l.resize(n);
   float raw_max = kNegInf;
-  for (const float x : logits) raw_max = std::max(raw_max, Clean(x));
-  double raw_sum = 0;
-  for (const float x : logits) {
-    const float c = Clean(x);
-    raw_sum += c == raw_max ? 1.0 : std::exp(static_cast<double>(c) - raw_max);
+  for (size_t i = 0; i < n; ++i) {
+    l[i] = Clean(logits[i]);
+    raw_max = std::max(raw_max, l[i]);
   }
+
+  // Raw log-softmax: logprob(x) = (x - raw_max) - log(sum exp(x - raw_max)).
+  double raw_sum = 0;
+  for (const float x : l) raw_sum += x == raw_max ? 1.0f : std::exp(x - raw_max);
   const double log_z = std::log(raw_sum);
   auto raw_logprob = [&](float x) -> float {
     const float c = Clean(x);
     if (c == raw_max) return static_cast<float>(-log_z);
     return static_cast<float>(static_cast<double>(c) - raw_max - log_z);
   };
-
-  SelectTopRaw(logits, std::min<size_t>(std::max(p.n_logprobs, 0), n),
-               &result.top);
+  SelectTop(l, std::min<size_t>(std::max(p.n_logprobs, 0), n), &result.top);
   for (TokenLogprob& t : result.top) t.logprob = raw_logprob(t.logprob);
 
-  // Step 1: penalised copy.
-  std::vector<float>& l = scratch->logits;
-  l.resize(n);
-  for (size_t i = 0; i < n; ++i) l[i] = Clean(logits[i]);
   ApplyPenalties(l, p, history, scratch);
 
   // Step 2: greedy.
@@ -212,81 +326,25 @@ SampleResult Sample(std::span<const float> logits, const SamplingParams& p,
     return result;
   }
 
-  // Step 3: weights and truncation. `order` holds the candidates that
-  // survive top-k and min-p; top-p then keeps a prefix of its sorted order.
-  const float l_max = *std::max_element(l.begin(), l.end());
-  const float t = p.temperature;
-  std::vector<float>& w = scratch->weights;
-  w.resize(n);
-  auto weight = [&](size_t i) {
-    return l[i] == l_max ? 1.0f : std::exp((l[i] - l_max) / t);
-  };
-  std::vector<int32_t>& order = scratch->order;
-  const HigherLogitFirst less{l.data()};
-  double w_all = 0;     // W: total weight after top-k
-  double w_minp = 0;    // weight of the candidates that pass min-p too
-  if (p.top_k > 0 && static_cast<size_t>(p.top_k) < n) {
-    order.resize(n);
-    std::iota(order.begin(), order.end(), 0);
-    std::nth_element(order.begin(), order.begin() + p.top_k, order.end(), less);
-    order.resize(static_cast<size_t>(p.top_k));
-    size_t kept = 0;
-    for (const int32_t i : order) {
-      w[i] = weight(i);
-      w_all += w[i];
-      if (w[i] >= p.min_p) {
-        w_minp += w[i];
-        order[kept++] = i;
-      }
-    }
-    order.resize(kept);
-  } else {
-    order.clear();
-    for (size_t i = 0; i < n; ++i) {
-      w[i] = weight(i);
-      w_all += w[i];
-      if (w[i] >= p.min_p) {
-        w_minp += w[i];
-        order.push_back(static_cast<int32_t>(i));
-      }
-    }
-  }
-  // The max-logit token has weight 1 >= min_p, so `order` is never empty and
-  // its sorted order starts with that token.
-  LazySortedOrder sorted(&order, less);
-  size_t n_kept = order.size();
-  double w_kept = w_minp;
-  if (p.top_p < 1.0f) {
-    const double threshold = static_cast<double>(p.top_p) * w_all;
-    double cum = 0;
-    for (size_t i = 0; i < order.size(); ++i) {
-      sorted.Need(i);
-      cum += w[order[i]];
-      if (cum >= threshold) {
-        n_kept = i + 1;
-        break;
-      }
-    }
-    w_kept = cum;
-  }
+  // Step 3: truncation, each a prefix of the sorted order. The top token
+  // has weight 1 >= min_p, so at least one token always survives.
+  const size_t k_len =
+      p.top_k > 0 ? std::min(n, static_cast<size_t>(p.top_k)) : n;
+  BucketedCandidates candidates(l, p.temperature, scratch);
+  candidates.Build(k_len, p.min_p);
+  const size_t limit = std::min(k_len, candidates.min_p_len());
+  const double top_p_level =
+      p.top_p < 1.0f ? static_cast<double>(p.top_p) * candidates.total_weight()
+                     : std::numeric_limits<double>::infinity();
+  const BucketedCandidates::Crossing kept =
+      candidates.Walk(top_p_level, /*strict=*/false, limit);
 
   // Step 4: inverse CDF over the kept prefix.
   const double target =
-      static_cast<double>(UniformFloat(p.seed, stream, step, 0)) * w_kept;
-  double cum = 0;
-  int32_t chosen = -1;
-  int32_t last_positive = order[0];
-  for (size_t i = 0; i < n_kept; ++i) {
-    sorted.Need(i);
-    const int32_t id = order[i];
-    if (w[id] > 0) last_positive = id;
-    cum += w[id];
-    if (target < cum) {
-      chosen = id;
-      break;
-    }
-  }
-  if (chosen < 0) chosen = last_positive;
+      static_cast<double>(UniformFloat(p.seed, stream, step, 0)) * kept.cum;
+  const BucketedCandidates::Crossing drawn =
+      candidates.Walk(target, /*strict=*/true, kept.len);
+  const int32_t chosen = candidates.TokenAt(drawn.found ? drawn.len - 1 : 0);
   result.token = chosen;
   result.logprob = raw_logprob(logits[chosen]);
   return result;

@@ -27,17 +27,21 @@
 //  4. With W' the total weight of the kept tokens, draw
 //       u = UniformFloat(seed, stream, step, /*lane=*/0)   (in [0, 1))
 //     and pick the first kept token, in sorted order, whose cumulative weight
-//     exceeds u * W' (the last kept token of positive weight should rounding
-//     leave none).
+//     exceeds u * W' (the first kept token should rounding leave none).
 //
 // Reported log-probabilities (of the chosen token and the top
 // `n_logprobs`) are log-softmax of the RAW logits: the model's distribution,
 // before penalties, temperature and truncation. The top list is sorted by
 // raw logit descending, ties to the lower id.
 //
-// Host and device agree exactly on u; sums of weights may round differently
-// (order of summation, exp implementation), so the tokens agree except when
-// u * W' lands within rounding of a cumulative-weight boundary.
+// Sums of weights are accumulated in double here; the order of summation is
+// not part of the contract. Host and device agree exactly on u, and on the
+// token unless u * W' (or top_p * W) lands within rounding of a
+// cumulative-weight boundary.
+//
+// Cost: O(n_vocab) passes (copy, exp, bucket by weight) plus sorts of only
+// the weight buckets that a truncation or draw boundary falls in; no full
+// sort of the vocabulary.
 #pragma once
 
 #include <cstdint>
@@ -87,13 +91,18 @@ struct SampleResult {
 };
 
 // Buffers Sample() reuses between calls so that steady-state sampling does
-// not allocate. One per thread; the contents carry no state between calls.
+// not allocate. One per thread; its contents are internal to the sampler and
+// carry no state from one call to the next.
 struct SamplerScratch {
-  std::vector<float> logits;       // (n_vocab) penalised logits
-  std::vector<float> weights;      // (n_vocab) w[i], valid for candidates
-  std::vector<int32_t> order;      // candidate token ids, partly sorted
-  std::vector<int32_t> counts;     // (n_vocab) window counts, kept all-zero
-  std::vector<int32_t> touched;    // distinct ids with counts[id] > 0
+  std::vector<float> logits;            // (n_vocab) penalised logits
+  std::vector<float> weights;           // (n_vocab) w[i] of the candidates
+  std::vector<int32_t> order;           // candidate ids, bucket by bucket
+  std::vector<uint32_t> bucket_start;   // per weight bucket: first position
+  std::vector<uint32_t> bucket_end;     // one past its last position
+  std::vector<double> bucket_mass;      // its total weight
+  std::vector<uint8_t> bucket_sorted;   // whether it is sorted yet
+  std::vector<int32_t> counts;          // (n_vocab) window counts, all zero
+  std::vector<int32_t> touched;         // ids with counts[id] > 0
 };
 
 // Applies step 1 (penalties) to `logits` in place, exactly as Sample() does

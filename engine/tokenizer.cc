@@ -24,8 +24,7 @@ constexpr std::array<std::string_view, 6> kEotTexts = {
     "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>",
 };
 constexpr std::array<std::string_view, 7> kEogTexts = {
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-    "<|eom_id|>", "<EOT>",
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<EOT>",
 };
 
 template <size_t N>
@@ -69,7 +68,7 @@ std::string CleanSpaces(std::string t) {
   for (size_t i = 1; i < n; ++i) {
     const char x = t[i];
     if (x == '\'' && i + 1 < n && t[i - 1] == ' ' && t[i + 1] == ' ') {
-      --total;       // the space before
+      --total;        // the space before
       t[++i] = '\0';  // and the one after, which is skipped
     }
     t[total++] = x;
@@ -96,14 +95,13 @@ std::string CleanSpaces(std::string t) {
 }
 
 // Reads an optional token id key; out-of-range values are errors.
-absl::Status ReadId(const GgufFile& f, std::string_view key, size_t n_tokens,
-                    int32_t* id) {
+absl::Status ReadId(const GgufFile& f, std::string_view key, size_t n_tokens, int32_t* id) {
   if (f.Find(key) == nullptr) return absl::OkStatus();
   ASSIGN_OR_RETURN(const uint64_t v, f.GetUint(key));
   if (v >= n_tokens) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(f.path(), ": metadata key '", Sv(key), "' = ", v,
-                     " is not a token id (vocabulary has ", n_tokens, " tokens)"));
+    return absl::InvalidArgumentError(absl::StrCat(f.path(), ": metadata key '", Sv(key), "' = ", v,
+                                                   " is not a token id (vocabulary has ", n_tokens,
+                                                   " tokens)"));
   }
   *id = static_cast<int32_t>(v);
   return absl::OkStatus();
@@ -116,25 +114,24 @@ absl::Status ReadBool(const GgufFile& f, std::string_view key, bool* out) {
 }
 
 // An array-typed key, checked for element kind and (when n > 0) length.
-absl::StatusOr<const GgufValue*> FindArray(const GgufFile& f, std::string_view key,
-                                           bool strings, uint64_t n) {
+absl::StatusOr<const GgufValue*> FindArray(const GgufFile& f, std::string_view key, bool strings,
+                                           uint64_t n) {
   const GgufValue* v = f.Find(key);
   if (v == nullptr) {
-    return absl::NotFoundError(
-        absl::StrCat(f.path(), ": missing metadata key '", Sv(key), "'"));
+    return absl::NotFoundError(absl::StrCat(f.path(), ": missing metadata key '", Sv(key), "'"));
   }
   const bool is_string = v->elem_type == GgufValueType::kString;
-  const bool is_number = v->elem_type != GgufValueType::kString &&
-                         v->elem_type != GgufValueType::kArray;
+  const bool is_number =
+      v->elem_type != GgufValueType::kString && v->elem_type != GgufValueType::kArray;
   if (v->type != GgufValueType::kArray || (strings ? !is_string : !is_number)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(f.path(), ": metadata key '", Sv(key), "' must be an array of ",
-                     strings ? "strings" : "numbers"));
+    return absl::InvalidArgumentError(absl::StrCat(f.path(), ": metadata key '", Sv(key),
+                                                   "' must be an array of ",
+                                                   strings ? "strings" : "numbers"));
   }
   if (n > 0 && v->count != n) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(f.path(), ": metadata key '", Sv(key), "' has ", v->count,
-                     " entries, expected ", n, " (one per token)"));
+    return absl::InvalidArgumentError(absl::StrCat(f.path(), ": metadata key '", Sv(key), "' has ",
+                                                   v->count, " entries, expected ", n,
+                                                   " (one per token)"));
   }
   return v;
 }
@@ -188,8 +185,7 @@ absl::StatusOr<Vocab> LoadVocab(const GgufFile& f) {
     v.merges.assign(merges->strings.begin(), merges->strings.end());
     auto info = LookupBpePreTokenizer(v.pre);
     if (!info.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(f.path(), ": ", info.status().message()));
+      return absl::InvalidArgumentError(absl::StrCat(f.path(), ": ", info.status().message()));
     }
     v.bos = v.eos = n > 11 ? 11 : -1;
     v.add_bos = info->add_bos;
@@ -225,8 +221,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufFile& f
   ASSIGN_OR_RETURN(Vocab v, LoadVocab(f));
   auto t = Create(std::move(v));
   if (!t.ok()) {
-    return absl::Status(t.status().code(),
-                        absl::StrCat(f.path(), ": ", t.status().message()));
+    return absl::Status(t.status().code(), absl::StrCat(f.path(), ": ", t.status().message()));
   }
   return t;
 }
@@ -248,19 +243,19 @@ absl::Status Tokenizer::Init() {
     return absl::InvalidArgumentError("vocabulary too large");
   }
   if (!v.scores.empty() && v.scores.size() != n) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "vocabulary has ", v.scores.size(), " scores for ", n, " tokens"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("vocabulary has ", v.scores.size(), " scores for ", n, " tokens"));
   }
   if (!v.token_type.empty() && v.token_type.size() != n) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "vocabulary has ", v.token_type.size(), " token types for ", n, " tokens"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("vocabulary has ", v.token_type.size(), " token types for ", n, " tokens"));
   }
   const std::pair<const char*, int32_t> ids[] = {
       {"bos", v.bos}, {"eos", v.eos}, {"eot", v.eot}, {"unk", v.unk}, {"pad", v.pad}};
   for (const auto& [name, id] : ids) {
     if (id < -1 || id >= static_cast<int32_t>(n)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          name, " token id ", id, " is out of range (vocabulary has ", n, " tokens)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, " token id ", id, " is out of range (vocabulary has ", n, " tokens)"));
     }
   }
   if (v.add_bos && v.bos < 0) {
@@ -305,15 +300,12 @@ absl::Status Tokenizer::Init() {
 
   for (size_t i = 0; i < n; ++i) {
     const TokenType t = TypeOf(static_cast<int32_t>(i));
-    if (t == TokenType::kControl || t == TokenType::kUserDefined ||
-        t == TokenType::kUnknown) {
+    if (t == TokenType::kControl || t == TokenType::kUserDefined || t == TokenType::kUnknown) {
       special_tokens_.push_back(static_cast<int32_t>(i));
     }
   }
   std::stable_sort(special_tokens_.begin(), special_tokens_.end(),
-                   [&v](int32_t a, int32_t b) {
-                     return v.tokens[a].size() > v.tokens[b].size();
-                   });
+                   [&v](int32_t a, int32_t b) { return v.tokens[a].size() > v.tokens[b].size(); });
 
   for (int b = 0; b < 256; ++b) {
     byte_tokens_[b] = -1;
@@ -363,8 +355,8 @@ std::string Tokenizer::ComputeTokenBytes(int32_t id) const {
     case TokenType::kByte:
       // SPM "<0xXX>"; llama.cpp gives BPE byte tokens no text.
       if (kind_ == Kind::kSpm && text.size() == 6 && text.compare(0, 3, "<0x") == 0) {
-        return std::string(1, static_cast<char>(
-                                  std::strtol(text.substr(3, 2).c_str(), nullptr, 16)));
+        return std::string(1,
+                           static_cast<char>(std::strtol(text.substr(3, 2).c_str(), nullptr, 16)));
       }
       return "";
     default:  // control, unknown, unused, undefined
@@ -383,9 +375,7 @@ std::string Tokenizer::TokenBytes(int32_t id) const {
   return token_bytes_[id];
 }
 
-bool Tokenizer::IsEog(int32_t id) const {
-  return id >= 0 && id < n_vocab() && eog_[id];
-}
+bool Tokenizer::IsEog(int32_t id) const { return id >= 0 && id < n_vocab() && eog_[id]; }
 
 bool Tokenizer::IsControl(int32_t id) const {
   return id >= 0 && id < n_vocab() && TypeOf(id) == TokenType::kControl;

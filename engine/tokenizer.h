@@ -90,8 +90,7 @@ std::string SupportedBpePreTokenizers();
 // Splits `text` into the words pre-tokenizer `kind` yields, as UTF-8 (before
 // the byte-level mapping). Invalid UTF-8 becomes U+FFFD first, as in
 // llama.cpp. Concatenating the words gives back the (repaired) text.
-std::vector<std::string> BpePreTokenize(std::string_view text,
-                                        BpePreTokenizer kind);
+std::vector<std::string> BpePreTokenize(std::string_view text, BpePreTokenizer kind);
 
 // Encodes text to token ids and back for one vocabulary. Immutable after
 // Create(), so one instance may serve many threads.
@@ -111,8 +110,7 @@ class Tokenizer {
   // user-defined tokens are always recognised (longest texts first). For
   // `llama`, each text fragment at the start or right after a special token
   // gets the U+2581 prefix when add_space_prefix is set.
-  std::vector<int32_t> Encode(std::string_view text, bool add_special,
-                              bool parse_special) const;
+  std::vector<int32_t> Encode(std::string_view text, bool add_special, bool parse_special) const;
 
   // The raw vocabulary string of `id` (empty for an id out of range).
   const std::string& TokenText(int32_t id) const;
@@ -158,8 +156,7 @@ class Tokenizer {
   Tokenizer() = default;
   absl::Status Init();
   TokenType TypeOf(int32_t id) const;
-  std::vector<Fragment> Partition(std::string_view text,
-                                  bool parse_special) const;
+  std::vector<Fragment> Partition(std::string_view text, bool parse_special) const;
   // Appends the ids of one raw-text fragment (already space-escaped for SPM).
   void EncodeSpm(const std::string& text, std::vector<int32_t>* out) const;
   void EncodeBpe(std::string_view text, std::vector<int32_t>* out) const;
@@ -174,7 +171,7 @@ class Tokenizer {
   bool strip_leading_space_ = false;
   absl::flat_hash_map<std::string, int32_t> text_to_id_;
   absl::flat_hash_map<std::pair<std::string, std::string>, int32_t> bpe_ranks_;
-  std::vector<int32_t> special_tokens_;  // control/user-defined/unknown, longest first
+  std::vector<int32_t> special_tokens_;   // control/user-defined/unknown, longest first
   std::vector<std::string> token_bytes_;  // TokenBytes() by id
   std::vector<bool> eog_;                 // IsEog() by id
   int32_t byte_tokens_[256] = {};         // SPM byte fallback ids (-1: none)

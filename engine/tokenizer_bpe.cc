@@ -32,12 +32,10 @@ constexpr BpePreTokenizerInfo kInfoLlama3Pattern{BpePreTokenizer::kLlama3, false
 
 // The names llama.cpp maps to these patterns (and nothing model-specific).
 constexpr PreEntry kPreTokenizers[] = {
-    {"default", kInfoDefault},       {"gpt-2", kInfoGpt2},
-    {"phi-2", kInfoGpt2},            {"roberta-bpe", kInfoGpt2},
-    {"mpt", kInfoGpt2},              {"olmo", kInfoGpt2},
-    {"llama3", kInfoLlama3},         {"llama-v3", kInfoLlama3},
-    {"llama-bpe", kInfoLlama3},      {"falcon3", kInfoLlama3},
-    {"dbrx", kInfoLlama3Pattern},    {"smaug-bpe", kInfoLlama3Pattern},
+    {"default", kInfoDefault},  {"gpt-2", kInfoGpt2},         {"phi-2", kInfoGpt2},
+    {"roberta-bpe", kInfoGpt2}, {"mpt", kInfoGpt2},           {"olmo", kInfoGpt2},
+    {"llama3", kInfoLlama3},    {"llama-v3", kInfoLlama3},    {"llama-bpe", kInfoLlama3},
+    {"falcon3", kInfoLlama3},   {"dbrx", kInfoLlama3Pattern}, {"smaug-bpe", kInfoLlama3Pattern},
 };
 
 // ---------------------------------------------------------------------------
@@ -69,10 +67,17 @@ struct CodepointText {
       const uint32_t c = cpts[i];
       uint8_t p = kPresent;
       switch (GetUnicodeCategory(c)) {
-        case UnicodeCategory::kLetter: p |= kLetter; break;
-        case UnicodeCategory::kNumber: p |= kNumber; break;
-        case UnicodeCategory::kPunctuation: p |= kPunct; break;
-        default: break;
+        case UnicodeCategory::kLetter:
+          p |= kLetter;
+          break;
+        case UnicodeCategory::kNumber:
+          p |= kNumber;
+          break;
+        case UnicodeCategory::kPunctuation:
+          p |= kPunct;
+          break;
+        default:
+          break;
       }
       if (IsUnicodeWhitespace(c)) p |= kSpace;
       props[i] = p;
@@ -84,14 +89,11 @@ struct CodepointText {
 // no properties, which is how the patterns see the segment's edges.
 class SegmentView {
  public:
-  SegmentView(const CodepointText& t, size_t ini, size_t end)
-      : t_(t), ini_(ini), end_(end) {}
+  SegmentView(const CodepointText& t, size_t ini, size_t end) : t_(t), ini_(ini), end_(end) {}
   uint32_t Cpt(size_t pos) const {
     return (pos >= ini_ && pos < end_) ? t_.cpts[pos] : kOutOfRange;
   }
-  uint8_t Props(size_t pos) const {
-    return (pos >= ini_ && pos < end_) ? t_.props[pos] : 0;
-  }
+  uint8_t Props(size_t pos) const { return (pos >= ini_ && pos < end_) ? t_.props[pos] : 0; }
   size_t end() const { return end_; }
 
  private:
@@ -115,9 +117,7 @@ class WordSink {
 };
 
 // [^\s\p{L}\p{N}] for a position inside the segment.
-inline bool IsOther(uint8_t p) {
-  return (p & kPresent) && !(p & (kSpace | kLetter | kNumber));
-}
+inline bool IsOther(uint8_t p) { return (p & kPresent) && !(p & (kSpace | kLetter | kNumber)); }
 
 inline bool IsCrLf(uint32_t c) { return c == '\r' || c == '\n'; }
 
@@ -134,8 +134,7 @@ size_t MatchContraction(const SegmentView& v, size_t pos, bool any_case) {
   if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') return 2;
   if (pos + 2 >= v.end()) return 0;
   const uint32_t c2 = fold(v.Cpt(pos + 2));
-  if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') ||
-      (c1 == 'l' && c2 == 'l')) {
+  if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) {
     return 3;
   }
   return 0;
@@ -209,8 +208,7 @@ Segments SplitLlama3(const CodepointText& t, const Segments& segs) {
       const uint32_t c = v.Cpt(pos);
       const uint8_t here = v.Props(pos);
       // [^\r\n\p{L}\p{N}]?\p{L}+
-      if (!IsCrLf(c) && !(here & kNumber) &&
-          ((here & kLetter) || (v.Props(pos + 1) & kLetter))) {
+      if (!IsCrLf(c) && !(here & kNumber) && ((here & kLetter) || (v.Props(pos + 1) & kLetter))) {
         ++pos;
         while (v.Props(pos) & kLetter) ++pos;
         sink.EndAt(pos);
@@ -298,17 +296,14 @@ Segments SplitDefault(const CodepointText& t, Segments segs) {
     };
   };
   segs = SplitByMatches(segs, run_of([](uint32_t c, uint8_t p) {
-                          return (p & kPunct) || c == '$' || c == '+' || c == '<' ||
-                                 c == '=' || c == '>' || c == '^' || c == '~' ||
-                                 c == '|';
+                          return (p & kPunct) || c == '$' || c == '+' || c == '<' || c == '=' ||
+                                 c == '>' || c == '^' || c == '~' || c == '|';
                         }));
   segs = SplitGpt2(t, segs);
   segs = SplitByMatches(segs, run_of([](uint32_t, uint8_t p) { return (p & kNumber) != 0; }));
   auto is_digit = [&t](size_t i) { return t.cpts[i] >= '0' && t.cpts[i] <= '9'; };
   segs = SplitByMatches(segs, [&](size_t pos, size_t end) -> size_t {
-    return (pos + 3 <= end && is_digit(pos) && is_digit(pos + 1) && is_digit(pos + 2))
-               ? 3
-               : 0;
+    return (pos + 3 <= end && is_digit(pos) && is_digit(pos + 1) && is_digit(pos + 2)) ? 3 : 0;
   });
   return segs;
 }
@@ -355,15 +350,20 @@ std::string SupportedBpePreTokenizers() {
   return absl::StrJoin(names, ", ");
 }
 
-std::vector<std::string> BpePreTokenize(std::string_view text,
-                                        BpePreTokenizer kind) {
+std::vector<std::string> BpePreTokenize(std::string_view text, BpePreTokenizer kind) {
   const CodepointText t(text);
   Segments segs;
   if (!t.cpts.empty()) segs.push_back(t.cpts.size());
   switch (kind) {
-    case BpePreTokenizer::kDefault: segs = SplitDefault(t, std::move(segs)); break;
-    case BpePreTokenizer::kGpt2: segs = SplitGpt2(t, segs); break;
-    case BpePreTokenizer::kLlama3: segs = SplitLlama3(t, segs); break;
+    case BpePreTokenizer::kDefault:
+      segs = SplitDefault(t, std::move(segs));
+      break;
+    case BpePreTokenizer::kGpt2:
+      segs = SplitGpt2(t, segs);
+      break;
+    case BpePreTokenizer::kLlama3:
+      segs = SplitLlama3(t, segs);
+      break;
   }
   std::vector<std::string> words;
   words.reserve(segs.size());

@@ -46,11 +46,10 @@ class SpmSession {
   template <typename Emit>
   void Run(Emit&& emit) {
     for (size_t off = 0; off < text_.size();) {
-      const size_t n = std::min(Utf8SequenceLength(text_[off]), text_.size() - off);
+      const size_t n = CharLength(off);
       const int index = static_cast<int>(symbols_.size());
       off += n;
-      symbols_.push_back({index - 1, off == text_.size() ? -1 : index + 1,
-                          off - n, n});
+      symbols_.push_back({index - 1, off == text_.size() ? -1 : index + 1, off - n, n});
     }
     for (int i = 1; i < static_cast<int>(symbols_.size()); ++i) {
       TryAddBigram(i - 1, i);
@@ -74,14 +73,26 @@ class SpmSession {
   }
 
  private:
-  std::string Text(int i) const {
-    return text_.substr(symbols_[i].offset, symbols_[i].n);
+  // Bytes of the character at `off`: the length its lead byte announces when
+  // that many bytes follow as continuation bytes, else 1. For well-formed
+  // UTF-8 this is llama.cpp's split; llama.cpp trusts the lead byte blindly,
+  // so a stray lead byte there swallows the next bytes (even half of an
+  // escaped space) and the text no longer decodes back. Taking 1 byte keeps
+  // such input round-tripping through byte tokens.
+  size_t CharLength(size_t off) const {
+    const size_t want = Utf8SequenceLength(text_[off]);
+    if (off + want > text_.size()) return 1;
+    for (size_t k = 1; k < want; ++k) {
+      if ((static_cast<uint8_t>(text_[off + k]) & 0xC0) != 0x80) return 1;
+    }
+    return want;
   }
+
+  std::string Text(int i) const { return text_.substr(symbols_[i].offset, symbols_[i].n); }
 
   void TryAddBigram(int left, int right) {
     if (left == -1 || right == -1) return;
-    std::string joined =
-        text_.substr(symbols_[left].offset, symbols_[left].n + symbols_[right].n);
+    std::string joined = text_.substr(symbols_[left].offset, symbols_[left].n + symbols_[right].n);
     auto it = text_to_id_.find(joined);
     if (it == text_to_id_.end()) return;
     const int32_t id = it->second;
@@ -121,8 +132,7 @@ class SpmSession {
 
 }  // namespace
 
-void Tokenizer::EncodeSpm(const std::string& text,
-                          std::vector<int32_t>* out) const {
+void Tokenizer::EncodeSpm(const std::string& text, std::vector<int32_t>* out) const {
   struct Emitter {
     const Tokenizer* tok;
     std::vector<int32_t>* out;

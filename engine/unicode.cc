@@ -30,8 +30,8 @@ Scan ScanUtf8(std::string_view s, size_t i, size_t* len, uint32_t* cpt) {
     *cpt = b0;
     return Scan::kValid;
   }
-  size_t need;           // continuation bytes after the lead
-  uint8_t lo = 0x80;     // allowed range of the first continuation byte
+  size_t need;        // continuation bytes after the lead
+  uint8_t lo = 0x80;  // allowed range of the first continuation byte
   uint8_t hi = 0xBF;
   uint32_t value;
   if (b0 >= 0xC2 && b0 <= 0xDF) {
@@ -93,8 +93,7 @@ UnicodeCategory GetUnicodeCategory(uint32_t cpt) {
   // Last range whose first code point is <= cpt; entry 0 starts at 0.
   const CategoryRange* end = kCategoryRanges + kCategoryRangeCount;
   const CategoryRange* it = std::upper_bound(
-      kCategoryRanges, end, cpt,
-      [](uint32_t c, const CategoryRange& r) { return c < r.first; });
+      kCategoryRanges, end, cpt, [](uint32_t c, const CategoryRange& r) { return c < r.first; });
   return (it - 1)->category;
 }
 
@@ -103,8 +102,7 @@ bool IsUnicodeWhitespace(uint32_t cpt) {
 }
 
 size_t Utf8SequenceLength(char lead) {
-  static constexpr uint8_t kByHighNibble[16] = {1, 1, 1, 1, 1, 1, 1, 1,
-                                                1, 1, 1, 1, 2, 2, 3, 4};
+  static constexpr uint8_t kByHighNibble[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4};
   return kByHighNibble[static_cast<uint8_t>(lead) >> 4];
 }
 

@@ -3,8 +3,11 @@
 // must encode (no BOS/EOS, special tokens not parsed, as llama.cpp's
 // test-tokenizer-0 does) to exactly the ids on the matching `<name>.out`
 // line, and decode back to the string wherever llama.cpp's detokenizer
-// would give it back.
+// would give it back. Also: the prompts of the reference runs must encode
+// (BOS added, special tokens parsed) to llama.cpp's prompt_tokens with the
+// vocabulary embedded in the tiny model files.
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -13,6 +16,7 @@
 #include "engine/gguf.h"
 #include "engine/tokenizer.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/support/test_support.h"
 
 namespace m40llm {
@@ -48,8 +52,8 @@ std::vector<Case> ReadCases(const std::string& inp_path, const std::string& out_
     for (int32_t id; nums >> id;) row.push_back(id);
     ids.push_back(std::move(row));
   }
-  EXPECT_EQ(texts.size(), ids.size()) << inp_path << " and " << out_path
-                                      << " hold different numbers of cases";
+  EXPECT_EQ(texts.size(), ids.size())
+      << inp_path << " and " << out_path << " hold different numbers of cases";
   std::vector<Case> cases;
   for (size_t i = 0; i < texts.size() && i < ids.size(); ++i) {
     cases.push_back({texts[i], ids[i]});
@@ -59,7 +63,7 @@ std::vector<Case> ReadCases(const std::string& inp_path, const std::string& out_
 
 std::string Ids(const std::vector<int32_t>& v) {
   std::string s;
-  for (int32_t id : v) s += " " + std::to_string(id);
+  for (int32_t id : v) s.append(" ").append(std::to_string(id));
   return s;
 }
 
@@ -107,8 +111,7 @@ Tally RunVocab(const std::string& dir, const std::string& name, size_t expected_
     }
   }
   std::printf("[ conformance ] %s: %d/%zu encodings match llama.cpp, %d/%d round-trip\n",
-              name.c_str(), tally.encoded_ok, cases.size(), tally.decoded_ok,
-              tally.decode_checked);
+              name.c_str(), tally.encoded_ok, cases.size(), tally.decoded_ok, tally.decode_checked);
   return tally;
 }
 
@@ -161,6 +164,35 @@ TEST(ConformanceTokenizerTest, VocabularyMetadata) {
   // <|endoftext|> is recognised only when special tokens are parsed.
   EXPECT_EQ((*bpe)->Encode("<|endoftext|>", false, true), std::vector<int32_t>{50256});
   EXPECT_GT((*bpe)->Encode("<|endoftext|>", false, false).size(), 1u);
+}
+
+TEST(ConformanceTokenizerTest, ReferencePromptsMatchLlamaCpp) {
+  M40_REQUIRE_FIXTURES(dir);
+  auto file = GgufFile::Open(dir + "/models/tiny-llama-f16.gguf");
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto tok = Tokenizer::FromGguf(**file);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  int checked = 0;
+  int matched = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir + "/reference")) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("tiny-llama-f16.p", 0) != 0 || entry.path().extension() != ".json") {
+      continue;
+    }
+    const auto j = nlohmann::json::parse(testing::ReadFileOrFail(entry.path().string()));
+    const std::string prompt = j.at("prompt").get<std::string>();
+    const auto want = j.at("prompt_tokens").get<std::vector<int32_t>>();
+    const bool add_bos = j.at("add_bos").get<bool>();
+    const std::vector<int32_t> got =
+        (*tok)->Encode(prompt, /*add_special=*/add_bos, /*parse_special=*/true);
+    EXPECT_EQ(got, want) << name << ": '" << prompt << "'\n  want:" << Ids(want)
+                         << "\n  got: " << Ids(got);
+    ++checked;
+    matched += got == want;
+    EXPECT_EQ((*tok)->Decode(got), prompt) << name;
+  }
+  std::printf("[ conformance ] reference prompts: %d/%d match llama.cpp\n", matched, checked);
+  EXPECT_GT(checked, 0);
 }
 
 }  // namespace

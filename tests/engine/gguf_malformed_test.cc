@@ -7,7 +7,6 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
-#include <regex>
 #include <set>
 #include <string>
 #include <vector>
@@ -39,10 +38,16 @@ absl::Status ParseExact(const std::string& name, const std::string& bytes,
 
 // The byte offset a reader message names ("...: offset N: ..."), or -1.
 int64_t OffsetIn(const std::string& message) {
-  static const std::regex re(": offset ([0-9]+): ");
-  std::smatch m;
-  if (!std::regex_search(message, m, re)) return -1;
-  return std::stoll(m[1].str());
+  const std::string tag = ": offset ";
+  const size_t at = message.find(tag);
+  if (at == std::string::npos) return -1;
+  size_t end = at + tag.size();
+  int64_t n = 0;
+  while (end < message.size() && message[end] >= '0' && message[end] <= '9') {
+    n = n * 10 + (message[end++] - '0');
+  }
+  if (end == at + tag.size() || message.compare(end, 2, ": ") != 0) return -1;
+  return n;
 }
 
 class MalformedGgufTest : public ::testing::TestWithParam<MalformedGguf> {};
@@ -85,8 +90,8 @@ class ValidSampleTest : public ::testing::TestWithParam<GgufSample> {};
 
 TEST_P(ValidSampleTest, ParsesAndMatchesItsLayout) {
   const GgufSample& s = GetParam();
-  auto file = GgufFile::FromBuffer(s.name, reinterpret_cast<const uint8_t*>(s.bytes.data()),
-                                   s.bytes.size());
+  auto file = GgufFile::FromBuffer(
+      s.name, reinterpret_cast<const uint8_t*>(s.bytes.data()), s.bytes.size());
   ASSERT_TRUE(file.ok()) << file.status();
   const GgufFile& f = **file;
   EXPECT_EQ(f.metadata().size(), s.layout.kv_at.size());
@@ -124,18 +129,19 @@ TEST_P(ValidSampleTest, EveryPrefixIsACleanErrorOrValid) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Samples, ValidSampleTest, ::testing::ValuesIn(testing::ValidGgufSamples()),
-    [](const ::testing::TestParamInfo<GgufSample>& info) {
-      return info.param.name;
-    });
+INSTANTIATE_TEST_SUITE_P(Samples, ValidSampleTest,
+                         ::testing::ValuesIn(testing::ValidGgufSamples()),
+                         [](const ::testing::TestParamInfo<GgufSample>& info) {
+                           return info.param.name;
+                         });
 
 // Flipping any single byte of the base file must never crash; whatever the
 // reader accepts must be internally consistent.
 TEST(MalformedGguf, EverySingleByteCorruptionIsSafe) {
   const GgufSample base = testing::BaseGguf();
   for (size_t i = 0; i < base.layout.data_start; ++i) {
-    for (uint8_t v : {uint8_t{0x00}, uint8_t{0xff}, uint8_t{0x80}, uint8_t{0x01}}) {
+    for (uint8_t v :
+         {uint8_t{0x00}, uint8_t{0xff}, uint8_t{0x80}, uint8_t{0x01}}) {
       std::string bytes = base.bytes;
       if (static_cast<uint8_t>(bytes[i]) == v) continue;
       bytes[i] = static_cast<char>(v);
@@ -143,7 +149,8 @@ TEST(MalformedGguf, EverySingleByteCorruptionIsSafe) {
       std::memcpy(buf.get(), bytes.data(), bytes.size());
       auto file = GgufFile::FromBuffer("flip.gguf", buf.get(), bytes.size());
       if (!file.ok()) {
-        EXPECT_THAT(std::string(file.status().message()), HasSubstr("flip.gguf: offset "))
+        EXPECT_THAT(std::string(file.status().message()),
+                    HasSubstr("flip.gguf: offset "))
             << "byte " << i << " = " << int{v};
         continue;
       }
@@ -157,7 +164,11 @@ TEST(MalformedGguf, EverySingleByteCorruptionIsSafe) {
 
 TEST(MalformedGguf, OpenEmptyFileNamesThePath) {
   const std::string path = testing::TempDir() + "/empty.gguf";
-  { std::FILE* f = std::fopen(path.c_str(), "wb"); ASSERT_NE(f, nullptr); std::fclose(f); }
+  {
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    std::fclose(f);
+  }
   auto file = GgufFile::Open(path);
   ASSERT_FALSE(file.ok());
   EXPECT_EQ(file.status().code(), absl::StatusCode::kInvalidArgument);
@@ -169,7 +180,8 @@ TEST(MalformedGguf, OpenDirectoryIsRejected) {
   const std::string dir = testing::TempDir();
   auto file = GgufFile::Open(dir);
   ASSERT_FALSE(file.ok());
-  EXPECT_THAT(std::string(file.status().message()), HasSubstr("not a regular file"));
+  EXPECT_THAT(std::string(file.status().message()),
+              HasSubstr("not a regular file"));
 }
 
 }  // namespace

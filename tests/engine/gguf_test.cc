@@ -1,6 +1,8 @@
 // GGUF writer -> reader round trips (every metadata type, nested arrays,
 // tensors of several types, custom alignment, v2 and vocab-only files), the
 // writer's own validation, and the typed getters' errors.
+#include "engine/gguf.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -12,7 +14,6 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/ggml_types.h"
-#include "engine/gguf.h"
 #include "engine/gguf_writer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -52,7 +53,8 @@ Parsed RoundTrip(const GgufWriter& w) {
 // Deterministic non-zero bytes for tensor data.
 std::string Pattern(size_t n, uint8_t seed) {
   std::string s(n, '\0');
-  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>(seed + i * 31 + (i >> 8));
+  for (size_t i = 0; i < n; ++i)
+    s[i] = static_cast<char>(seed + i * 31 + (i >> 8));
   return s;
 }
 
@@ -88,15 +90,16 @@ TEST(GgufRoundTrip, AllScalarWidths) {
   ASSERT_EQ(f.metadata().size(), 12u);
 
   const std::vector<std::pair<std::string, GgufValueType>> want_types = {
-      {"u8", GgufValueType::kUint8},     {"i8", GgufValueType::kInt8},
-      {"u16", GgufValueType::kUint16},   {"i16", GgufValueType::kInt16},
-      {"u32", GgufValueType::kUint32},   {"i32", GgufValueType::kInt32},
-      {"u64", GgufValueType::kUint64},   {"i64", GgufValueType::kInt64},
-      {"f32", GgufValueType::kFloat32},  {"f64", GgufValueType::kFloat64},
-      {"yes", GgufValueType::kBool},     {"no", GgufValueType::kBool}};
+      {"u8", GgufValueType::kUint8},    {"i8", GgufValueType::kInt8},
+      {"u16", GgufValueType::kUint16},  {"i16", GgufValueType::kInt16},
+      {"u32", GgufValueType::kUint32},  {"i32", GgufValueType::kInt32},
+      {"u64", GgufValueType::kUint64},  {"i64", GgufValueType::kInt64},
+      {"f32", GgufValueType::kFloat32}, {"f64", GgufValueType::kFloat64},
+      {"yes", GgufValueType::kBool},    {"no", GgufValueType::kBool}};
   for (size_t k = 0; k < want_types.size(); ++k) {
     EXPECT_EQ(f.metadata()[k].key, want_types[k].first) << "insertion order";
-    EXPECT_EQ(f.metadata()[k].value.type, want_types[k].second) << want_types[k].first;
+    EXPECT_EQ(f.metadata()[k].value.type, want_types[k].second)
+        << want_types[k].first;
   }
 
   EXPECT_EQ(*f.GetUint("u8"), 255u);
@@ -129,7 +132,8 @@ TEST(GgufRoundTrip, FloatSpecialValues) {
   EXPECT_TRUE(std::isnan(*p.file->GetFloat("nan")));
   EXPECT_EQ(*p.file->GetFloat("inf"), std::numeric_limits<double>::infinity());
   EXPECT_TRUE(std::signbit(*p.file->GetFloat("negzero")));
-  EXPECT_EQ(*p.file->GetFloat("denorm"), std::numeric_limits<double>::denorm_min());
+  EXPECT_EQ(*p.file->GetFloat("denorm"),
+            std::numeric_limits<double>::denorm_min());
 }
 
 TEST(GgufRoundTrip, StringsWithNulsAndEmptyStrings) {
@@ -243,7 +247,8 @@ TEST(GgufRoundTrip, EmptyArraysOfEveryKind) {
 
 TEST(GgufRoundTrip, StringArrays) {
   GgufWriter w;
-  std::vector<std::string> tokens = {"<s>", "", std::string("x\0y", 3), "\xe2\x96\x81the"};
+  std::vector<std::string> tokens = {"<s>", "", std::string("x\0y", 3),
+                                     "\xe2\x96\x81the"};
   for (int k = 0; k < 1000; ++k) tokens.push_back(absl::StrCat("tok", k));
   w.AddStringArray("tokens", tokens);
   Parsed p = RoundTrip(w);
@@ -253,7 +258,8 @@ TEST(GgufRoundTrip, StringArrays) {
   EXPECT_EQ(v->elem_type, GgufValueType::kString);
   ASSERT_EQ(v->count, tokens.size());
   ASSERT_EQ(v->strings.size(), tokens.size());
-  for (size_t k = 0; k < tokens.size(); ++k) EXPECT_EQ(v->strings[k], tokens[k]);
+  for (size_t k = 0; k < tokens.size(); ++k)
+    EXPECT_EQ(v->strings[k], tokens[k]);
 }
 
 TEST(GgufRoundTrip, NestedArrays) {
@@ -261,23 +267,27 @@ TEST(GgufRoundTrip, NestedArrays) {
   GgufWriter w;
   // [["a", "bc"], [], ["\0x"]]
   const std::string strs =
-      GgufWriter::EncodeArray(T::kString, 2,
-                              GgufWriter::EncodeString("a") + GgufWriter::EncodeString("bc")) +
+      GgufWriter::EncodeArray(
+          T::kString, 2,
+          GgufWriter::EncodeString("a") + GgufWriter::EncodeString("bc")) +
       GgufWriter::EncodeArray(T::kString, 0, "") +
-      GgufWriter::EncodeArray(T::kString, 1, GgufWriter::EncodeString(std::string("\0x", 2)));
+      GgufWriter::EncodeArray(T::kString, 1,
+                              GgufWriter::EncodeString(std::string("\0x", 2)));
   w.AddRawArray("strs", T::kArray, 3, strs);
   // [[1, -2], [3]] as int32
   const std::string ints =
       GgufWriter::EncodeArray(T::kInt32, 2,
                               GgufWriter::EncodeScalar<int32_t>(1) +
                                   GgufWriter::EncodeScalar<int32_t>(-2)) +
-      GgufWriter::EncodeArray(T::kInt32, 1, GgufWriter::EncodeScalar<int32_t>(3));
+      GgufWriter::EncodeArray(T::kInt32, 1,
+                              GgufWriter::EncodeScalar<int32_t>(3));
   w.AddRawArray("ints", T::kArray, 2, ints);
   // [[[true]], [[0.5f, 0.25f], []]]: three levels, mixed leaf types.
   const std::string deep =
       GgufWriter::EncodeArray(
           T::kArray, 1,
-          GgufWriter::EncodeArray(T::kBool, 1, GgufWriter::EncodeScalar<uint8_t>(1))) +
+          GgufWriter::EncodeArray(T::kBool, 1,
+                                  GgufWriter::EncodeScalar<uint8_t>(1))) +
       GgufWriter::EncodeArray(
           T::kArray, 2,
           GgufWriter::EncodeArray(T::kFloat32, 2,
@@ -396,7 +406,8 @@ void CheckTensors(const Parsed& p, uint64_t alignment) {
     EXPECT_EQ(t.n_bytes, s.n_bytes) << s.name;
     EXPECT_EQ(t.offset, expect_offset) << s.name;
     EXPECT_EQ(t.offset % alignment, 0u) << s.name;
-    EXPECT_EQ(AsString(f.TensorData(t)), Pattern(s.n_bytes, static_cast<uint8_t>(k + 1)))
+    EXPECT_EQ(AsString(f.TensorData(t)),
+              Pattern(s.n_bytes, static_cast<uint8_t>(k + 1)))
         << s.name;
     expect_offset += (s.n_bytes + alignment - 1) / alignment * alignment;
   }
@@ -441,9 +452,10 @@ TEST(GgufRoundTrip, WriteFileThenOpenMapsTheSameFile) {
   w.AddString("general.name", "mapped");
   const auto& specs = SeveralTensors();
   for (size_t k = 0; k < specs.size(); ++k) {
-    ASSERT_TRUE(w.AddTensor(specs[k].name, specs[k].type, specs[k].dims,
-                            Pattern(specs[k].n_bytes, static_cast<uint8_t>(k + 1)))
-                    .ok());
+    ASSERT_TRUE(
+        w.AddTensor(specs[k].name, specs[k].type, specs[k].dims,
+                    Pattern(specs[k].n_bytes, static_cast<uint8_t>(k + 1)))
+            .ok());
   }
   const std::string path = testing::TempDir() + "/model.gguf";
   ASSERT_TRUE(w.WriteFile(path).ok());
@@ -479,7 +491,8 @@ TEST(GgufRoundTrip, VocabOnlyFileHasNoTensors) {
   w.AddString("tokenizer.ggml.model", "llama");
   w.AddStringArray("tokenizer.ggml.tokens", {"<unk>", "<s>", "</s>", "a"});
   w.AddFloat32Array("tokenizer.ggml.scores", std::vector<float>{0, 0, 0, -1});
-  w.AddInt32Array("tokenizer.ggml.token_type", std::vector<int32_t>{2, 3, 3, 1});
+  w.AddInt32Array("tokenizer.ggml.token_type",
+                  std::vector<int32_t>{2, 3, 3, 1});
   w.AddUint32("tokenizer.ggml.bos_token_id", 1);
   Parsed p = RoundTrip(w);
   ASSERT_NE(p.file, nullptr);
@@ -502,9 +515,9 @@ TEST(GgufRoundTrip, VocabOnlyFileHasNoTensors) {
 // the writer only writes v3.
 TEST(GgufRoundTrip, HandBuiltVersion2File) {
   std::string b = "GGUF";
-  Put<uint32_t>(&b, 2);         // version
-  Put<uint64_t>(&b, 1);         // tensors
-  Put<uint64_t>(&b, 2);         // kv
+  Put<uint32_t>(&b, 2);  // version
+  Put<uint64_t>(&b, 1);  // tensors
+  Put<uint64_t>(&b, 2);  // kv
   b += GgufWriter::EncodeString("general.architecture");
   Put<uint32_t>(&b, static_cast<uint32_t>(GgufValueType::kString));
   b += GgufWriter::EncodeString("llama");
@@ -512,11 +525,11 @@ TEST(GgufRoundTrip, HandBuiltVersion2File) {
   Put<uint32_t>(&b, static_cast<uint32_t>(GgufValueType::kUint32));
   Put<uint32_t>(&b, 1);
   b += GgufWriter::EncodeString("w");
-  Put<uint32_t>(&b, 2);         // n_dims
+  Put<uint32_t>(&b, 2);  // n_dims
   Put<uint64_t>(&b, 2);
   Put<uint64_t>(&b, 3);
   Put<uint32_t>(&b, static_cast<uint32_t>(GgmlType::kF32));
-  Put<uint64_t>(&b, 0);         // offset in the data section
+  Put<uint64_t>(&b, 0);  // offset in the data section
   const uint64_t data_start = (b.size() + 31) / 32 * 32;
   b.resize(data_start, '\0');
   for (int k = 0; k < 6; ++k) Put<float>(&b, 0.5f * k);
@@ -580,14 +593,22 @@ TEST(GgufGetters, WrongTypeNamesKeyActualAndExpectedType) {
     const char* want;
   };
   const std::vector<Case> cases = {
-      {f.GetString("u32").status(), "metadata key 'u32' has type uint32, expected string"},
-      {f.GetUint("str").status(), "metadata key 'str' has type string, expected an integer"},
-      {f.GetInt("f32").status(), "metadata key 'f32' has type float32, expected an integer"},
-      {f.GetUint("bool").status(), "metadata key 'bool' has type bool, expected an integer"},
-      {f.GetFloat("str").status(), "metadata key 'str' has type string, expected a number"},
-      {f.GetFloat("arr").status(), "metadata key 'arr' has type array, expected a number"},
-      {f.GetBool("u8").status(), "metadata key 'u8' has type uint8, expected bool"},
-      {f.GetString("arr").status(), "metadata key 'arr' has type array, expected string"},
+      {f.GetString("u32").status(),
+       "metadata key 'u32' has type uint32, expected string"},
+      {f.GetUint("str").status(),
+       "metadata key 'str' has type string, expected an integer"},
+      {f.GetInt("f32").status(),
+       "metadata key 'f32' has type float32, expected an integer"},
+      {f.GetUint("bool").status(),
+       "metadata key 'bool' has type bool, expected an integer"},
+      {f.GetFloat("str").status(),
+       "metadata key 'str' has type string, expected a number"},
+      {f.GetFloat("arr").status(),
+       "metadata key 'arr' has type array, expected a number"},
+      {f.GetBool("u8").status(),
+       "metadata key 'u8' has type uint8, expected bool"},
+      {f.GetString("arr").status(),
+       "metadata key 'arr' has type array, expected string"},
   };
   for (const Case& c : cases) {
     EXPECT_EQ(c.status.code(), absl::StatusCode::kInvalidArgument) << c.status;
@@ -615,24 +636,30 @@ TEST(GgufGetters, IntegerRangeChecks) {
 TEST(GgufWriter, AddTensorValidatesGeometry) {
   GgufWriter w;
   auto err = [](const absl::Status& s) { return std::string(s.message()); };
-  ASSERT_TRUE(w.AddTensor("ok", GgmlType::kQ4_0, {32, 2}, std::string(36, '\1')).ok());
+  ASSERT_TRUE(
+      w.AddTensor("ok", GgmlType::kQ4_0, {32, 2}, std::string(36, '\1')).ok());
   EXPECT_THAT(err(w.AddTensor("ok", GgmlType::kF32, {1}, std::string(4, '\0'))),
               HasSubstr("tensor 'ok': duplicate tensor name"));
-  EXPECT_THAT(err(w.AddTensor("size", GgmlType::kQ4_0, {32, 2}, std::string(35, '\0'))),
-              HasSubstr("data has 35 bytes, Q4_0 of 64 elements needs 36"));
-  EXPECT_THAT(err(w.AddTensor("size", GgmlType::kF16, {3}, std::string(8, '\0'))),
-              HasSubstr("data has 8 bytes, F16 of 3 elements needs 6"));
-  EXPECT_THAT(err(w.AddTensor("block", GgmlType::kQ4_0, {33}, std::string(18, '\0'))),
-              HasSubstr("ne0=33 is not a multiple of the Q4_0 block size 32"));
-  EXPECT_THAT(err(w.AddTensor("block", GgmlType::kQ6_K, {128}, std::string(105, '\0'))),
-              HasSubstr("not a multiple of the Q6_K block size 256"));
+  EXPECT_THAT(
+      err(w.AddTensor("size", GgmlType::kQ4_0, {32, 2}, std::string(35, '\0'))),
+      HasSubstr("data has 35 bytes, Q4_0 of 64 elements needs 36"));
+  EXPECT_THAT(
+      err(w.AddTensor("size", GgmlType::kF16, {3}, std::string(8, '\0'))),
+      HasSubstr("data has 8 bytes, F16 of 3 elements needs 6"));
+  EXPECT_THAT(
+      err(w.AddTensor("block", GgmlType::kQ4_0, {33}, std::string(18, '\0'))),
+      HasSubstr("ne0=33 is not a multiple of the Q4_0 block size 32"));
+  EXPECT_THAT(
+      err(w.AddTensor("block", GgmlType::kQ6_K, {128}, std::string(105, '\0'))),
+      HasSubstr("not a multiple of the Q6_K block size 256"));
   EXPECT_THAT(err(w.AddTensor("nodims", GgmlType::kF32, {}, "")),
               HasSubstr("0 dimensions (1..4 allowed)"));
   EXPECT_THAT(err(w.AddTensor("fivedims", GgmlType::kF32, {1, 1, 1, 1, 1}, "")),
               HasSubstr("5 dimensions (1..4 allowed)"));
   EXPECT_THAT(err(w.AddTensor("zero", GgmlType::kF32, {4, 0}, "")),
               HasSubstr("dimension 1 is zero"));
-  EXPECT_THAT(err(w.AddTensor("overflow", GgmlType::kF32, {1ull << 32, 1ull << 32}, "")),
+  EXPECT_THAT(err(w.AddTensor("overflow", GgmlType::kF32,
+                              {1ull << 32, 1ull << 32}, "")),
               HasSubstr("element count overflows"));
   EXPECT_THAT(err(w.AddTensor("bytes", GgmlType::kF64, {1ull << 62}, "")),
               HasSubstr("byte size overflows"));
@@ -647,15 +674,17 @@ TEST(GgufWriter, AddTensorValidatesGeometry) {
 TEST(GgufWriter, InvalidAlignmentRefusesTensorsAndFiles) {
   for (uint32_t a : {0u, 3u, 96u}) {
     GgufWriter w(a);
-    EXPECT_THAT(std::string(w.AddTensor("t", GgmlType::kF32, {1}, std::string(4, '\0'))
-                                .message()),
-                HasSubstr("is not a power of two"))
+    EXPECT_THAT(
+        std::string(w.AddTensor("t", GgmlType::kF32, {1}, std::string(4, '\0'))
+                        .message()),
+        HasSubstr("is not a power of two"))
         << a;
     EXPECT_FALSE(w.WriteFile(testing::TempDir() + "/bad.gguf").ok()) << a;
     // Serialize() still writes the header, which the reader rejects.
     auto p = ParseBytes(w.Serialize());
     ASSERT_FALSE(p.ok()) << a;
-    EXPECT_THAT(std::string(p.status().message()), HasSubstr("not a power of two"));
+    EXPECT_THAT(std::string(p.status().message()),
+                HasSubstr("not a power of two"));
   }
 }
 

@@ -17,7 +17,8 @@ constexpr std::string_view kName = "fuzz.gguf";
 // Folds every byte reachable from `v` into a checksum.
 uint64_t Touch(const m40llm::GgufValue& v) {
   using m40llm::GgufValueType;
-  uint64_t sum = v.u ^ static_cast<uint64_t>(v.i) ^ static_cast<uint64_t>(v.f != 0);
+  uint64_t sum =
+      v.u ^ static_cast<uint64_t>(v.i) ^ static_cast<uint64_t>(v.f != 0);
   for (char ch : v.str) sum += static_cast<uint8_t>(ch);
   if (v.type != GgufValueType::kArray) return sum;
   if (v.elem_type == GgufValueType::kString) {
@@ -45,7 +46,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // Every parse error names the file and the offset it stopped at.
     const auto m = file.status().message();
     const std::string_view msg(m.data(), m.size());
-    if (msg.substr(0, kName.size() + 9) != "fuzz.gguf: offset ") __builtin_trap();
+    if (msg.substr(0, kName.size() + 9) != "fuzz.gguf: offset ")
+      __builtin_trap();
     return 0;
   }
   const m40llm::GgufFile& f = **file;

@@ -25,13 +25,13 @@ namespace m40llm::testing {
 
 // Byte offsets of one tensor's fields in a built file.
 struct GgufTensorLayout {
-  uint64_t info_at = 0;    // start of its info record (the name length)
-  uint64_t n_dims_at = 0;  // uint32 n_dims
-  uint64_t dims_at = 0;    // uint64 dims[n_dims]
-  uint64_t type_at = 0;    // uint32 ggml type
-  uint64_t offset_at = 0;  // uint64 offset relative to the data section
+  uint64_t info_at = 0;     // start of its info record (the name length)
+  uint64_t n_dims_at = 0;   // uint32 n_dims
+  uint64_t dims_at = 0;     // uint64 dims[n_dims]
+  uint64_t type_at = 0;     // uint32 ggml type
+  uint64_t offset_at = 0;   // uint64 offset relative to the data section
   uint64_t rel_offset = 0;  // the value stored there
-  uint64_t data_at = 0;    // absolute offset of its bytes
+  uint64_t data_at = 0;     // absolute offset of its bytes
   uint64_t n_bytes = 0;
 };
 
@@ -93,8 +93,7 @@ class TrackingGgufWriter {
     Mark(key, 4);
     writer_.AddUint32(key, v);
   }
-  void AddStringArray(std::string_view key,
-                      const std::vector<std::string>& v) {
+  void AddStringArray(std::string_view key, const std::vector<std::string>& v) {
     uint64_t n = 12;
     for (const std::string& s : v) n += 8 + s.size();
     Mark(key, n);
@@ -216,7 +215,8 @@ inline GgufSample BaseGguf(uint32_t alignment = 32) {
   // tensor in the layout checks of the tests.
   (void)w.AddTensor("t.a", GgmlType::kF32, {8});
   (void)w.AddTensor("t.b", GgmlType::kQ4_0, {32, 2});
-  return w.Finish(alignment == 32 ? "base" : absl::StrCat("base_align", alignment));
+  return w.Finish(alignment == 32 ? "base"
+                                  : absl::StrCat("base_align", alignment));
 }
 
 // A valid tokenizer-only file: no tensors.
@@ -255,14 +255,15 @@ inline std::vector<MalformedGguf> MalformedGgufCorpus() {
     out.push_back(std::move(m));
   };
   // A single little-endian overwrite.
-  auto put = [&add](std::string name, uint64_t at, auto v,
-                    std::string phrase, uint64_t offset) {
+  auto put = [&add](std::string name, uint64_t at, auto v, std::string phrase,
+                    uint64_t offset) {
     add(std::move(name), offset, std::move(phrase),
         [at, v](std::string* b) { PatchLe(b, at, v); });
   };
 
   out.push_back({"empty", "", 0, "truncated file: need 4 bytes for magic"});
-  out.push_back({"magic_only", "GGUF", 4, "truncated file: need 4 bytes for version"});
+  out.push_back(
+      {"magic_only", "GGUF", 4, "truncated file: need 4 bytes for version"});
 
   // Header.
   put("bad_magic", 0, uint32_t{0x4c4d4747}, "bad magic 0x4c4d4747", 0);
@@ -307,7 +308,8 @@ inline std::vector<MalformedGguf> MalformedGgufCorpus() {
   put("bool_array_length_absurd", bools + 4, uint64_t{1} << 62,
       "array 'm.bools' claims", bools + 4);
   put("string_array_length_absurd", tokens + 4, uint64_t{1} << 62,
-      "string array 'm.tokens' claims 4611686018427387904 elements", tokens + 4);
+      "string array 'm.tokens' claims 4611686018427387904 elements",
+      tokens + 4);
   put("string_array_length_max", tokens + 4, kU64Max,
       "string array 'm.tokens' claims", tokens + 4);
   put("nested_array_length_absurd", nested + 4, uint64_t{1} << 62,
@@ -338,8 +340,8 @@ inline std::vector<MalformedGguf> MalformedGgufCorpus() {
       "unknown value type 4294967295", u32a - 4);
   put("bool_value_2", L.value_at.at("m.flag"), uint8_t{2},
       "bool value 2 of 'm.flag' is neither 0 nor 1", L.value_at.at("m.flag"));
-  put("bool_value_255", L.value_at.at("m.flag"), uint8_t{255},
-      "bool value 255", L.value_at.at("m.flag"));
+  put("bool_value_255", L.value_at.at("m.flag"), uint8_t{255}, "bool value 255",
+      L.value_at.at("m.flag"));
   put("bool_array_element_2", bools + 12 + 1, uint8_t{2},
       "bool element 1 of 'm.bools' is neither 0 nor 1", bools + 12 + 1);
   // "m.u32b" -> "m.u32a".
