@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""End-to-end checks of the m40llm binary: the stable `mkmodel`, `tokenize`,
+`eval` and `generate` interfaces that outside checks rely on.
+
+usage: cli_test.py M40LLM_BINARY (unit|conformance)
+
+`unit` works on a model made by `mkmodel`; `conformance` runs `eval` and
+`tokenize` on the fixture models and compares with llama.cpp's references
+(skipping, with a message, when $M40LLM_FIXTURES is not set).
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+
+SKIP = 77  # ctest SKIP_RETURN_CODE
+
+
+def run(binary, *args, check=True):
+    p = subprocess.run([binary, *args], capture_output=True, text=True, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} exited {p.returncode}: {p.stderr}")
+    return p
+
+
+def unit(binary):
+    with tempfile.TemporaryDirectory() as d:
+        os.environ["M40LLM_CACHE_DIR"] = d
+        model = os.path.join(d, "m.gguf")
+        run(binary, "mkmodel", "-o", model, "--n-embd", "64", "--n-layer", "2",
+            "--n-head", "4", "--n-head-kv", "2", "--n-ff", "128", "--seed", "3")
+        # Same spec, same bytes.
+        model2 = os.path.join(d, "m2.gguf")
+        run(binary, "mkmodel", "-o", model2, "--n-embd", "64", "--n-layer", "2",
+            "--n-head", "4", "--n-head-kv", "2", "--n-ff", "128", "--seed", "3")
+        assert open(model, "rb").read() == open(model2, "rb").read(), "mkmodel is not deterministic"
+
+        tok = json.loads(run(binary, "tokenize", "-m", model, "--text", "hello world",
+                             "--json").stdout)
+        assert isinstance(tok["tokens"], list) and len(tok["tokens"]) >= 2, tok
+        assert tok["tokens"][0] == 1, "BOS expected first"
+        nobos = json.loads(run(binary, "tokenize", "-m", model, "--text", "hello world",
+                               "--json", "--no-add-special").stdout)
+        assert nobos["tokens"] == tok["tokens"][1:], (nobos, tok)
+
+        ev = json.loads(run(binary, "eval", "-m", model, "--tokens", "1,50,60,70", "-n", "5",
+                            "--json").stdout)
+        assert ev["prompt_tokens"] == [1, 50, 60, 70], ev["prompt_tokens"]
+        n_vocab = ev["n_vocab"]
+        assert len(ev["last_logits"]) == n_vocab
+        assert all(math.isfinite(x) for x in ev["last_logits"])
+        assert len(ev["prompt_top1"]) == 4 and len(ev["greedy"]) == 5
+        # The first greedy token is the argmax of the last logits.
+        logits = ev["last_logits"]
+        best = max(range(n_vocab), key=lambda i: (logits[i], -i))
+        assert ev["greedy"][0]["token"] == best, (ev["greedy"][0], best)
+        assert ev["prompt_top1"][-1]["token"] == best
+
+        # Greedy generation is deterministic and reports speeds on stderr.
+        a = run(binary, "generate", "-m", model, "-p", "the cat", "-n", "8", "--temperature", "0")
+        b = run(binary, "generate", "-m", model, "-p", "the cat", "-n", "8", "--temperature", "0")
+        assert a.stdout == b.stdout
+        assert "tok/s" in a.stderr, a.stderr
+
+        # Without --model the demo model is written to the cache and announced.
+        demo = run(binary, "generate", "-p", "hi", "-n", "4")
+        assert "gibberish" in demo.stderr, demo.stderr
+        assert any(f.endswith(".gguf") for f in os.listdir(d))
+
+        # Bad input: clear errors, non-zero exit.
+        bad = run(binary, "eval", "-m", model, "--tokens", "1,99999", "--json", check=False)
+        assert bad.returncode != 0 and "vocabulary" in bad.stderr, bad.stderr
+        junk = os.path.join(d, "junk.gguf")
+        open(junk, "wb").write(b"GGUF\x03\x00\x00\x00" + b"\xff" * 16)
+        bad = run(binary, "info", "-m", junk, check=False)
+        assert bad.returncode != 0 and "junk.gguf" in bad.stderr and "offset" in bad.stderr, bad.stderr
+        bad = run(binary, "generate", "-m", model, "-p", "x", "--top-p", "0", check=False)
+        assert bad.returncode != 0 and "top_p" in bad.stderr, bad.stderr
+    print("cli unit checks passed")
+    return 0
+
+
+MARGINS = {"f16": 0.05, "bf16": 0.1}
+
+
+def conformance(binary):
+    fx = os.environ.get("M40LLM_FIXTURES") or os.environ.get("M40LLM_FIXTURES_DEFAULT", "")
+    if not fx or not os.path.isdir(fx):
+        print("conformance fixtures not found: set M40LLM_FIXTURES to the fixtures folder")
+        return SKIP
+    prompts = open(os.path.join(fx, "reference", "prompts.txt"), encoding="utf-8").read().split("\n")
+    checked = 0
+    for model in ("tiny-llama-f16", "tiny-llama-q4_k_m"):
+        path = os.path.join(fx, "models", model + ".gguf")
+        margin = MARGINS.get(model.split("-")[-1], 0.5)
+        for i in range(4):
+            ref = json.load(open(os.path.join(fx, "reference", f"{model}.p{i}.json")))
+            assert ref["prompt"] == prompts[i]
+            tok = json.loads(run(binary, "tokenize", "-m", path, "--text", ref["prompt"],
+                                 "--special", "--json").stdout)
+            assert tok["tokens"] == ref["prompt_tokens"], (model, i)
+            ev = json.loads(run(binary, "eval", "-m", path, "-p", ref["prompt"], "-n",
+                                str(len(ref["greedy"])), "--json").stdout)
+            assert ev["prompt_tokens"] == ref["prompt_tokens"]
+            for s, g in enumerate(ref["greedy"]):
+                if g["margin"] < margin:
+                    break
+                assert ev["greedy"][s]["token"] == g["token"], (model, i, s)
+            checked += 1
+    print(f"cli conformance: {checked} model/prompt pairs agree with llama.cpp")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(unit(sys.argv[1]) if sys.argv[2] == "unit" else conformance(sys.argv[1]))
