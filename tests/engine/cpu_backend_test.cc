@@ -155,7 +155,7 @@ std::vector<int32_t> RandomTokens(int n, int n_vocab, uint32_t seed) {
 }
 
 // Runs one chunk and returns its logits (poisoned first, so unwritten rows show).
-std::vector<float> Run(CpuBackend& b, int slot, int pos, const std::vector<int32_t>& toks,
+std::vector<float> RunChunk(CpuBackend& b, int slot, int pos, const std::vector<int32_t>& toks,
                        bool all) {
   ForwardOutput out;
   out.logits.assign(1, NAN);
@@ -175,7 +175,7 @@ void ExpectMatchesNaive(const RandomModelSpec& spec, double tol) {
   auto b = CpuBackend::Create(tm.model.get(), o);
   ASSERT_TRUE(b.ok()) << b.status();
   const auto toks = RandomTokens(12, c.n_vocab, static_cast<uint32_t>(spec.seed));
-  const std::vector<float> got = Run(**b, 1, 0, toks, true);
+  const std::vector<float> got = RunChunk(**b, 1, 0, toks, true);
   const auto want = NaiveForward(*tm.model, toks);
   ASSERT_EQ(got.size(), toks.size() * c.n_vocab);
   for (size_t t = 0; t < toks.size(); ++t) {
@@ -224,13 +224,13 @@ TEST(CpuBackend, DecodeAfterPrefillEqualsOnePrefill) {
   auto b = CpuBackend::Create(tm.model.get(), o);
   ASSERT_TRUE(b.ok());
   const auto toks = RandomTokens(10, V, 3);
-  const auto all = Run(**b, 0, 0, toks, true);
+  const auto all = RunChunk(**b, 0, 0, toks, true);
   // Slot 1: prefill 4, then decode one token at a time.
   std::vector<int32_t> head(toks.begin(), toks.begin() + 4);
-  auto last = Run(**b, 1, 0, head, false);
+  auto last = RunChunk(**b, 1, 0, head, false);
   EXPECT_LE(testing::RelL2(last.data(), &all[3 * V], V), 1e-6);
   for (int t = 4; t < 10; ++t) {
-    last = Run(**b, 1, t, {toks[t]}, false);
+    last = RunChunk(**b, 1, t, {toks[t]}, false);
     EXPECT_LE(testing::RelL2(last.data(), &all[t * V], V), 1e-6) << "position " << t;
   }
 }
@@ -245,8 +245,8 @@ TEST(CpuBackend, BatchedSequencesDoNotInteract) {
   auto b = CpuBackend::Create(tm.model.get(), o);
   ASSERT_TRUE(b.ok());
   const auto a = RandomTokens(7, V, 5), c = RandomTokens(3, V, 6);
-  const auto alone_a = Run(**b, 0, 0, a, false);
-  const auto alone_c = Run(**b, 1, 0, c, false);
+  const auto alone_a = RunChunk(**b, 0, 0, a, false);
+  const auto alone_c = RunChunk(**b, 1, 0, c, false);
   ForwardOutput out;
   SeqChunk chunks[2] = {{2, 0, c, false}, {0, 0, a, false}};
   ASSERT_TRUE((*b)->Forward(chunks, &out).ok());
@@ -270,7 +270,7 @@ TEST(CpuBackend, KvCacheLayoutIsLayerSlotHeadPosDim) {
   EXPECT_EQ((*b)->KvIndex(0, 1, 0, 0), 16 * hd * c.n_head_kv);
   EXPECT_EQ((*b)->KvIndex(1, 0, 0, 0), 16 * hd * c.n_head_kv * 2);
   // Writing slot 1 leaves slot 0's cache untouched (all zero).
-  Run(**b, 1, 0, RandomTokens(5, c.n_vocab, 9), false);
+  RunChunk(**b, 1, 0, RandomTokens(5, c.n_vocab, 9), false);
   for (int l = 0; l < c.n_layer; ++l) {
     for (int g = 0; g < c.n_head_kv; ++g) {
       const uint16_t* k0 = (*b)->k_cache() + (*b)->KvIndex(l, 0, g, 0);

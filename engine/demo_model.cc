@@ -1,0 +1,187 @@
+// Random llama GGUF writer and the cached demo model.
+#include "engine/demo_model.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "engine/demo_vocab.h"
+#include "engine/gguf_writer.h"
+#include "engine/quantize.h"
+#include "engine/status.h"
+#include "engine/tokenizer.h"
+
+namespace m40llm {
+namespace {
+
+// SplitMix64 over (seed, tensor index, element): every value is a pure
+// function of its coordinates, so tensors can be generated independently.
+uint64_t Mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// Uniform in [-1, 1).
+float Uniform(uint64_t seed, uint64_t tensor, uint64_t i) {
+  const uint64_t r = Mix(Mix(seed ^ (tensor * 0x632be59bd9b4e019ull)) + i);
+  return static_cast<float>(static_cast<double>(r >> 40) / static_cast<double>(1ull << 23) - 1.0);
+}
+
+void WriteVocab(const Vocab& v, GgufWriter& w) {
+  w.AddString("tokenizer.ggml.model", v.model);
+  if (!v.pre.empty()) w.AddString("tokenizer.ggml.pre", v.pre);
+  w.AddStringArray("tokenizer.ggml.tokens", v.tokens);
+  if (!v.scores.empty()) w.AddFloat32Array("tokenizer.ggml.scores", v.scores);
+  if (!v.token_type.empty()) w.AddInt32Array("tokenizer.ggml.token_type", v.token_type);
+  if (!v.merges.empty()) w.AddStringArray("tokenizer.ggml.merges", v.merges);
+  if (v.bos >= 0) w.AddUint32("tokenizer.ggml.bos_token_id", v.bos);
+  if (v.eos >= 0) w.AddUint32("tokenizer.ggml.eos_token_id", v.eos);
+  if (v.unk >= 0) w.AddUint32("tokenizer.ggml.unknown_token_id", v.unk);
+  if (v.pad >= 0) w.AddUint32("tokenizer.ggml.padding_token_id", v.pad);
+  w.AddBool("tokenizer.ggml.add_bos_token", v.add_bos);
+  w.AddBool("tokenizer.ggml.add_eos_token", v.add_eos);
+  if (v.model == "llama") w.AddBool("tokenizer.ggml.add_space_prefix", v.add_space_prefix);
+}
+
+}  // namespace
+
+absl::Status WriteRandomLlama(const RandomModelSpec& s, const std::string& path) {
+  if (s.n_embd <= 0 || s.n_layer <= 0 || s.n_head <= 0 || s.n_head_kv <= 0 || s.n_ff <= 0 ||
+      s.n_ctx <= 0) {
+    return absl::InvalidArgumentError("model dimensions must be positive");
+  }
+  if (s.n_embd % s.n_head != 0 || s.n_head % s.n_head_kv != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "n_embd (", s.n_embd, ") must divide by n_head (", s.n_head,
+        ") and n_head by n_head_kv (", s.n_head_kv, ")"));
+  }
+  const int head_dim = s.n_embd / s.n_head;
+  if (head_dim % 2 != 0) return absl::InvalidArgumentError("head_dim must be even");
+  const auto traits = TypeTraits(static_cast<uint32_t>(s.weight_type));
+  if (!traits || !IsSupportedWeightType(s.weight_type)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot write weights of type ", TypeName(s.weight_type)));
+  }
+  if (s.n_embd % traits->block_elems != 0 || s.n_ff % traits->block_elems != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "n_embd and n_ff must be multiples of ", traits->block_elems, " for ",
+        TypeName(s.weight_type)));
+  }
+
+  const Vocab vocab = MakeDemoVocab();
+  const int n_vocab = static_cast<int>(vocab.tokens.size());
+  GgufWriter w;
+  w.AddString("general.architecture", "llama");
+  w.AddString("general.name", s.name);
+  w.AddString("general.description",
+              "random weights from m40llm mkmodel: generated text is gibberish");
+  w.AddUint32("general.file_type", 1);
+  w.AddUint32("llama.context_length", s.n_ctx);
+  w.AddUint32("llama.embedding_length", s.n_embd);
+  w.AddUint32("llama.block_count", s.n_layer);
+  w.AddUint32("llama.feed_forward_length", s.n_ff);
+  w.AddUint32("llama.attention.head_count", s.n_head);
+  w.AddUint32("llama.attention.head_count_kv", s.n_head_kv);
+  w.AddUint32("llama.rope.dimension_count", head_dim);
+  w.AddFloat32("llama.rope.freq_base", s.rope_freq_base);
+  if (s.rope_scale_linear != 1.0f) {
+    w.AddString("llama.rope.scaling.type", "linear");
+    w.AddFloat32("llama.rope.scaling.factor", s.rope_scale_linear);
+  }
+  w.AddFloat32("llama.attention.layer_norm_rms_epsilon", s.rms_eps);
+  WriteVocab(vocab, w);
+
+  uint64_t tensor_id = 0;
+  // A matrix of `rows` x `cols` with entries uniform in +-sqrt(3 / cols), so
+  // a unit-RMS input gives unit-variance outputs.
+  auto matrix = [&](const std::string& name, int rows, int cols, GgmlType type,
+                    float gain) -> absl::Status {
+    const uint64_t id = ++tensor_id;
+    std::vector<float> v(static_cast<size_t>(rows) * cols);
+    const float a = gain * std::sqrt(3.0f / static_cast<float>(cols));
+    for (size_t i = 0; i < v.size(); ++i) v[i] = a * Uniform(s.seed, id, i);
+    ASSIGN_OR_RETURN(std::string bytes, QuantizeFromF32(type, v.data(), v.size()));
+    return w.AddTensor(name, type, {static_cast<uint64_t>(cols), static_cast<uint64_t>(rows)},
+                       std::move(bytes));
+  };
+  auto norm = [&](const std::string& name, int n) -> absl::Status {
+    const uint64_t id = ++tensor_id;
+    std::vector<float> v(n);
+    for (int i = 0; i < n; ++i) v[i] = 1.0f + 0.1f * Uniform(s.seed, id, i);
+    ASSIGN_OR_RETURN(std::string bytes, QuantizeFromF32(GgmlType::kF32, v.data(), v.size()));
+    return w.AddTensor(name, GgmlType::kF32, {static_cast<uint64_t>(n)}, std::move(bytes));
+  };
+
+  const int q_dim = s.n_embd, kv_dim = head_dim * s.n_head_kv;
+  // Embedding entries get unit variance (gain sqrt(cols) cancels the 1/cols).
+  RETURN_IF_ERROR(matrix("token_embd.weight", n_vocab, s.n_embd, s.weight_type,
+                         std::sqrt(static_cast<float>(s.n_embd))));
+  if (s.rope_freqs) {
+    std::vector<float> ff(head_dim / 2);
+    for (int i = 0; i < head_dim / 2; ++i) ff[i] = i < head_dim / 4 ? 1.0f : 1.0f + i * 0.25f;
+    ASSIGN_OR_RETURN(std::string bytes, QuantizeFromF32(GgmlType::kF32, ff.data(), ff.size()));
+    RETURN_IF_ERROR(w.AddTensor("rope_freqs.weight", GgmlType::kF32,
+                                {static_cast<uint64_t>(ff.size())}, std::move(bytes)));
+  }
+  for (int l = 0; l < s.n_layer; ++l) {
+    const std::string p = absl::StrCat("blk.", l, ".");
+    RETURN_IF_ERROR(norm(p + "attn_norm.weight", s.n_embd));
+    RETURN_IF_ERROR(matrix(p + "attn_q.weight", q_dim, s.n_embd, s.weight_type, 1.0f));
+    RETURN_IF_ERROR(matrix(p + "attn_k.weight", kv_dim, s.n_embd, s.weight_type, 1.0f));
+    RETURN_IF_ERROR(matrix(p + "attn_v.weight", kv_dim, s.n_embd, s.weight_type, 1.0f));
+    RETURN_IF_ERROR(matrix(p + "attn_output.weight", s.n_embd, q_dim, s.weight_type, 0.5f));
+    RETURN_IF_ERROR(norm(p + "ffn_norm.weight", s.n_embd));
+    RETURN_IF_ERROR(matrix(p + "ffn_gate.weight", s.n_ff, s.n_embd, s.weight_type, 1.0f));
+    RETURN_IF_ERROR(matrix(p + "ffn_up.weight", s.n_ff, s.n_embd, s.weight_type, 1.0f));
+    RETURN_IF_ERROR(matrix(p + "ffn_down.weight", s.n_embd, s.n_ff, s.weight_type, 0.5f));
+  }
+  RETURN_IF_ERROR(norm("output_norm.weight", s.n_embd));
+  if (!s.tied_output) {
+    RETURN_IF_ERROR(matrix("output.weight", n_vocab, s.n_embd, s.weight_type, 4.0f));
+  }
+  return w.WriteFile(path);
+}
+
+std::string CacheDir() {
+  if (const char* d = std::getenv("M40LLM_CACHE_DIR"); d && *d) return d;
+  if (const char* d = std::getenv("XDG_CACHE_HOME"); d && *d) return absl::StrCat(d, "/m40llm");
+  if (const char* h = std::getenv("HOME"); h && *h) return absl::StrCat(h, "/.cache/m40llm");
+  return "/tmp/m40llm-cache";
+}
+
+absl::StatusOr<std::string> EnsureDemoModel() {
+  const std::string dir = CacheDir();
+  // Bump the version tag whenever the demo spec or vocabulary changes.
+  const std::string path = dir + "/demo-llama-v1.gguf";
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) return path;
+  // mkdir -p
+  for (size_t i = 1; i <= dir.size(); ++i) {
+    if (i == dir.size() || dir[i] == '/') {
+      const std::string part = dir.substr(0, i);
+      if (::mkdir(part.c_str(), 0755) != 0 && errno != EEXIST) {
+        return absl::PermissionDeniedError(
+            absl::StrCat("cannot create cache folder ", part, ": ", std::strerror(errno)));
+      }
+    }
+  }
+  RandomModelSpec spec;
+  spec.name = "m40llm-demo (random weights)";
+  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
+  RETURN_IF_ERROR(WriteRandomLlama(spec, tmp));
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    ::unlink(tmp.c_str());
+    return absl::InternalError(absl::StrCat("cannot create ", path, ": ", std::strerror(errno)));
+  }
+  return path;
+}
+
+}  // namespace m40llm
