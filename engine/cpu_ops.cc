@@ -1,5 +1,5 @@
-// CPU operators: scalar code everywhere, with AVX2/FMA/F16C paths chosen at
-// run time for the two hot loops (FP16 conversion and dot products).
+// CPU operators: scalar code everywhere, with an AVX2/FMA dot product chosen
+// at run time (FP16 conversion dispatches likewise inside engine/fp16.cc).
 #include "engine/cpu_ops.h"
 
 #include <immintrin.h>
@@ -14,22 +14,11 @@ namespace m40llm::cpu {
 namespace {
 
 bool HasAvx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return has;
 }
 
-__attribute__((target("avx2,fma,f16c"))) void HalfToFloatAvx2(const uint16_t* src,
-                                                               float* dst, size_t n) {
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
-    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
-  }
-  for (; i < n; ++i) dst[i] = HalfToFloat(src[i]);
-}
-
-__attribute__((target("avx2,fma,f16c"))) float DotAvx2(const float* a, const float* b,
+__attribute__((target("avx2,fma"))) float DotAvx2(const float* a, const float* b,
                                                        size_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
@@ -65,17 +54,9 @@ float DotScalar(const float* a, const float* b, size_t n) {
 
 }  // namespace
 
-void HalfToFloatRow(const uint16_t* src, float* dst, size_t n) {
-  if (HasAvx2()) {
-    HalfToFloatAvx2(src, dst, n);
-    return;
-  }
-  for (size_t i = 0; i < n; ++i) dst[i] = HalfToFloat(src[i]);
-}
+void HalfToFloatRow(const uint16_t* src, float* dst, size_t n) { HalfToFloatN(src, dst, n); }
 
-void FloatToHalfRow(const float* src, uint16_t* dst, size_t n) {
-  for (size_t i = 0; i < n; ++i) dst[i] = FloatToHalf(src[i]);
-}
+void FloatToHalfRow(const float* src, uint16_t* dst, size_t n) { FloatToHalfN(src, dst, n); }
 
 float Dot(const float* a, const float* b, size_t n) {
   return HasAvx2() ? DotAvx2(a, b, n) : DotScalar(a, b, n);

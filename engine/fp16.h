@@ -11,13 +11,7 @@
 #include <cstdint>
 #include <cstring>
 
-#ifndef M40_HD
-#ifdef __CUDACC__
-#define M40_HD __host__ __device__
-#else
-#define M40_HD
-#endif
-#endif
+#include "engine/hd.h"
 
 namespace m40llm {
 

@@ -8,13 +8,7 @@
 
 #include <cstdint>
 
-#ifndef M40_HD
-#ifdef __CUDACC__
-#define M40_HD __host__ __device__
-#else
-#define M40_HD
-#endif
-#endif
+#include "engine/hd.h"
 
 namespace m40llm {
 
@@ -77,8 +71,8 @@ M40_HD inline Philox4x32Block Philox4x32_10(Philox4x32Block counter,
 // Every (stream, step, lane) with stream < 2^32 names a distinct output word;
 // beyond that, streams alias lanes >= 4, which no caller approaches (stream
 // is the index of a sequence within one request).
-M40_HD inline uint32_t PhiloxBits(uint64_t seed, uint64_t stream,
-                                  uint64_t step, uint32_t lane) {
+M40_HD inline uint32_t PhiloxBits(uint64_t seed, uint64_t stream, uint64_t step,
+                                  uint32_t lane) {
   Philox4x32Block counter;
   counter.v[0] = static_cast<uint32_t>(step);
   counter.v[1] = static_cast<uint32_t>(step >> 32);

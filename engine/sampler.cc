@@ -107,7 +107,8 @@ class BucketedCandidates {
     for (uint32_t b = 0; b <= last_; ++b) {
       for (size_t j = start_[b]; j < end_[b]; ++j) {
         const int32_t id = order_[j];
-        const float w = l_[id] == l_max_ ? 1.0f : std::exp((l_[id] - l_max_) / t_);
+        const float w =
+            l_[id] == l_max_ ? 1.0f : std::exp((l_[id] - l_max_) / t_);
         w_[id] = w;
         mass_[b] += w;
         min_p_len_ += w >= min_p;
@@ -166,15 +167,15 @@ class BucketedCandidates {
   std::span<const float> l_;
   const float t_;
   const HigherLogitFirst less_;
-  std::vector<int32_t>& order_;      // (<= n) token ids, bucket-major
-  std::vector<float>& w_;            // (n) weights by token id
-  std::vector<uint32_t>& start_;     // (kNumBuckets + 1) first position
-  std::vector<uint32_t>& end_;       // (kNumBuckets) one past the last
-  std::vector<double>& mass_;        // (kNumBuckets) total weight
-  std::vector<uint8_t>& sorted_;     // (kNumBuckets) bucket sorted yet
+  std::vector<int32_t>& order_;   // (<= n) token ids, bucket-major
+  std::vector<float>& w_;         // (n) weights by token id
+  std::vector<uint32_t>& start_;  // (kNumBuckets + 1) first position
+  std::vector<uint32_t>& end_;    // (kNumBuckets) one past the last
+  std::vector<double>& mass_;     // (kNumBuckets) total weight
+  std::vector<uint8_t>& sorted_;  // (kNumBuckets) bucket sorted yet
   float l_max_ = 0;
   float scale_ = 0;
-  uint32_t last_ = 0;                // last bucket holding candidates
+  uint32_t last_ = 0;  // last bucket holding candidates
   double total_ = 0;
   size_t min_p_len_ = 0;
 };
@@ -204,11 +205,13 @@ void SelectTop(std::span<const float> l, size_t n_top,
 absl::Status SamplingParams::Validate(int32_t n_vocab) const {
   std::vector<std::string> errors;
   if (n_vocab <= 0) {
-    errors.push_back(absl::StrFormat("n_vocab must be positive, got %d", n_vocab));
+    errors.push_back(
+        absl::StrFormat("n_vocab must be positive, got %d", n_vocab));
   }
   if (!std::isfinite(temperature) || temperature < 0) {
     errors.push_back(absl::StrFormat(
-        "temperature must be finite and >= 0 (0 = greedy), got %g", temperature));
+        "temperature must be finite and >= 0 (0 = greedy), got %g",
+        temperature));
   }
   if (top_k < 0) {
     errors.push_back(
@@ -245,8 +248,8 @@ absl::Status SamplingParams::Validate(int32_t n_vocab) const {
                                      kMaxLogprobs, n_logprobs));
   }
   if (errors.empty()) return absl::OkStatus();
-  return absl::InvalidArgumentError(
-      absl::StrCat("invalid sampling parameters: ", absl::StrJoin(errors, "; ")));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "invalid sampling parameters: ", absl::StrJoin(errors, "; ")));
 }
 
 void ApplyPenalties(std::span<float> logits, const SamplingParams& p,
@@ -278,7 +281,8 @@ void ApplyPenalties(std::span<float> logits, const SamplingParams& p,
   for (const int32_t t : touched) {
     float& x = logits[t];
     x = x > 0 ? x / p.repetition_penalty : x * p.repetition_penalty;
-    x -= p.presence_penalty + static_cast<float>(counts[t]) * p.frequency_penalty;
+    x -= p.presence_penalty +
+         static_cast<float>(counts[t]) * p.frequency_penalty;
     counts[t] = 0;
   }
 }
@@ -303,7 +307,8 @@ SampleResult Sample(std::span<const float> logits, const SamplingParams& p,
 
   // Raw log-softmax: logprob(x) = (x - raw_max) - log(sum exp(x - raw_max)).
   double raw_sum = 0;
-  for (const float x : l) raw_sum += x == raw_max ? 1.0f : std::exp(x - raw_max);
+  for (const float x : l)
+    raw_sum += x == raw_max ? 1.0f : std::exp(x - raw_max);
   const double log_z = std::log(raw_sum);
   auto raw_logprob = [&](float x) -> float {
     const float c = Clean(x);

@@ -94,15 +94,15 @@ struct SampleResult {
 // not allocate. One per thread; its contents are internal to the sampler and
 // carry no state from one call to the next.
 struct SamplerScratch {
-  std::vector<float> logits;            // (n_vocab) penalised logits
-  std::vector<float> weights;           // (n_vocab) w[i] of the candidates
-  std::vector<int32_t> order;           // candidate ids, bucket by bucket
-  std::vector<uint32_t> bucket_start;   // per weight bucket: first position
-  std::vector<uint32_t> bucket_end;     // one past its last position
-  std::vector<double> bucket_mass;      // its total weight
-  std::vector<uint8_t> bucket_sorted;   // whether it is sorted yet
-  std::vector<int32_t> counts;          // (n_vocab) window counts, all zero
-  std::vector<int32_t> touched;         // ids with counts[id] > 0
+  std::vector<float> logits;           // (n_vocab) penalised logits
+  std::vector<float> weights;          // (n_vocab) w[i] of the candidates
+  std::vector<int32_t> order;          // candidate ids, bucket by bucket
+  std::vector<uint32_t> bucket_start;  // per weight bucket: first position
+  std::vector<uint32_t> bucket_end;    // one past its last position
+  std::vector<double> bucket_mass;     // its total weight
+  std::vector<uint8_t> bucket_sorted;  // whether it is sorted yet
+  std::vector<int32_t> counts;         // (n_vocab) window counts, all zero
+  std::vector<int32_t> touched;        // ids with counts[id] > 0
 };
 
 // Applies step 1 (penalties) to `logits` in place, exactly as Sample() does

@@ -149,7 +149,8 @@ TEST(PhiloxTest, UniformFloatIsUniformAlongEveryAxis) {
   const Axis axes[] = {
       {"step", [](uint64_t i) { return UniformFloat(42, 0, i, 0); }},
       {"stream", [](uint64_t i) { return UniformFloat(42, i, 5, 0); }},
-      {"lane", [](uint64_t i) {
+      {"lane",
+       [](uint64_t i) {
          return UniformFloat(42, 1, i / 64, static_cast<uint32_t>(i % 64));
        }},
       {"seed", [](uint64_t i) { return UniformFloat(i, 0, 0, 0); }},
@@ -177,7 +178,8 @@ TEST(PhiloxTest, ConsecutiveStepsAreNotCorrelated) {
     ++counts[a * kSide + b];
   }
   const ChiSquare c = PearsonChiSquare(
-      counts, std::vector<double>(kSide * kSide, 1.0 / (kSide * kSide)), kPairs);
+      counts, std::vector<double>(kSide * kSide, 1.0 / (kSide * kSide)),
+      kPairs);
   EXPECT_LT(c.stat, ChiSquareBound(c.df));
 }
 
@@ -212,8 +214,8 @@ std::vector<double> ReferencePenalised(const std::vector<float>& logits,
 // The truncated, renormalised distribution of a non-greedy Sample(), plus the
 // kept tokens in sorted order and their unnormalised weights.
 struct ReferenceDist {
-  std::vector<double> probs;       // (n_vocab), zero outside the kept set
-  std::vector<int32_t> kept;       // sorted order
+  std::vector<double> probs;        // (n_vocab), zero outside the kept set
+  std::vector<int32_t> kept;        // sorted order
   std::vector<double> kept_weight;  // parallel to `kept`
 };
 
@@ -278,8 +280,8 @@ std::vector<int64_t> CountDraws(const std::vector<float>& logits,
   SamplerScratch scratch;
   std::vector<int64_t> counts(logits.size(), 0);
   for (int64_t step = 0; step < n_draws; ++step) {
-    const SampleResult r = Sample(logits, p, history, 0,
-                                  static_cast<uint64_t>(step), &scratch);
+    const SampleResult r =
+        Sample(logits, p, history, 0, static_cast<uint64_t>(step), &scratch);
     ++counts.at(r.token);
   }
   return counts;
@@ -344,8 +346,7 @@ std::vector<StatCase> StatCases() {
     p.top_p = 0.9f;
     p.min_p = 0.03f;
   });
-  add(
-      "penalties",
+  add("penalties",
       [](SamplingParams& p) {
         p.temperature = 0.9f;
         p.repetition_penalty = 1.4f;
@@ -364,7 +365,8 @@ TEST(SamplerTest, EmpiricalFrequenciesMatchTheReferenceDistribution) {
   constexpr int64_t kDraws = 200000;
   for (const StatCase& c : StatCases()) {
     SCOPED_TRACE(c.name);
-    const ReferenceDist ref = ReferenceDistribution(logits, c.params, c.history);
+    const ReferenceDist ref =
+        ReferenceDistribution(logits, c.params, c.history);
     ExpectMatchesReference(CountDraws(logits, c.params, c.history, kDraws),
                            ref.probs, kDraws);
   }
@@ -413,10 +415,9 @@ TEST(SamplerTest, LargeVocabularyDrawsFollowTheReferenceInverseCdf) {
     for (uint64_t step = 0; step < 200; ++step) {
       const int32_t token = Sample(logits, p, {}, stream, step, &scratch).token;
       const auto it = position.find(token);
-      ASSERT_NE(it, position.end()) << "case " << ci << ": token " << token
-                                    << " is outside the kept set";
-      const double target =
-          UniformFloat(p.seed, stream, step, 0) * cum.back();
+      ASSERT_NE(it, position.end())
+          << "case " << ci << ": token " << token << " is outside the kept set";
+      const double target = UniformFloat(p.seed, stream, step, 0) * cum.back();
       const double lo = it->second == 0 ? 0.0 : cum[it->second - 1];
       const double slack = 1e-5 * cum.back();
       EXPECT_LE(lo, target + slack) << "case " << ci << " step " << step;
@@ -444,6 +445,27 @@ TEST(SamplerTest, TiedCandidatesAreOrderedByIdInTheInverseCdf) {
       }
     }
   }
+}
+
+// When u * W' lands exactly on a cumulative boundary the draw takes the
+// next token ("exceeds", not "reaches"). Equal weights over 4096 tokens make
+// the boundaries the integers; steps with an integral u * 4096 are found by
+// searching the Philox stream.
+TEST(SamplerTest, DrawOnABoundaryTakesTheNextToken) {
+  const std::vector<float> logits(4096, -1.0f);
+  SamplingParams p;
+  p.seed = 8;
+  SamplerScratch scratch;
+  int found = 0;
+  for (uint64_t step = 0; step < 200000 && found < 5; ++step) {
+    const double scaled = UniformFloat(p.seed, 0, step, 0) * 4096.0;
+    if (scaled != std::floor(scaled) || scaled == 0) continue;
+    ++found;
+    EXPECT_EQ(Sample(logits, p, {}, 0, step, &scratch).token,
+              static_cast<int32_t>(scaled))
+        << "step " << step;
+  }
+  EXPECT_EQ(found, 5);
 }
 
 TEST(SamplerTest, TruncationToOneTokenIsGreedy) {
@@ -482,7 +504,7 @@ TEST(SamplerTest, MaskedAndNanLogitsAreNeverChosen) {
 }
 
 TEST(SamplerTest, ApplyPenaltiesMatchesTheFormula) {
-  const std::vector<float> logits = {2.0f, -1.0f, 0.5f, 3.0f, -2.0f,
+  const std::vector<float> logits = {2.0f, -1.0f, 0.5f,  3.0f, -2.0f,
                                      0.0f, 1.5f,  -0.5f, 4.0f, 1.0f};
   const std::vector<int32_t> history = {8, 0, 1, 1, 3, 3, 3, 7, 99, -5, 5};
   SamplingParams p;
@@ -601,7 +623,8 @@ TEST(SamplerTest, LogprobsAreRawLogSoftmax) {
   double z = 0;
   for (const float x : logits) z += std::exp(x - m);
   std::vector<double> want(logits.size());
-  for (size_t i = 0; i < logits.size(); ++i) want[i] = logits[i] - m - std::log(z);
+  for (size_t i = 0; i < logits.size(); ++i)
+    want[i] = logits[i] - m - std::log(z);
   std::vector<int32_t> by_logit(logits.size());
   std::iota(by_logit.begin(), by_logit.end(), 0);
   std::stable_sort(by_logit.begin(), by_logit.end(),
@@ -662,7 +685,8 @@ TEST(SamplingParamsTest, RejectsEachOutOfRangeFieldByName) {
        [](SamplingParams& p) { p.repetition_penalty = 0.0f; }},
       {"repetition_penalty",
        [](SamplingParams& p) { p.repetition_penalty = 101.0f; }},
-      {"presence_penalty", [](SamplingParams& p) { p.presence_penalty = 2.5f; }},
+      {"presence_penalty",
+       [](SamplingParams& p) { p.presence_penalty = 2.5f; }},
       {"frequency_penalty",
        [](SamplingParams& p) { p.frequency_penalty = -2.5f; }},
       {"penalty_last_n", [](SamplingParams& p) { p.penalty_last_n = -2; }},
