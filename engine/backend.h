@@ -46,7 +46,8 @@ class Backend {
   virtual const BackendOptions& options() const = 0;
   virtual std::string name() const = 0;
   // Validates the batch (slots, positions, token ids, context bounds, no slot
-  // twice) and runs it. Errors leave the KV of untouched slots intact.
+  // twice) and runs it. Errors leave the KV of untouched slots intact. Safe to
+  // call from several threads (prefill and decode) for disjoint slots.
   virtual absl::Status Forward(std::span<const SeqChunk> batch, ForwardOutput* out) = 0;
 };
 

@@ -49,6 +49,7 @@ size_t CpuBackend::KvIndex(int layer, int slot, int kv_head, int pos) const {
 absl::Status CpuBackend::Forward(std::span<const SeqChunk> batch, ForwardOutput* out) {
   const ModelConfig& c = model_->config();
   RETURN_IF_ERROR(ValidateBatch(c, opts_, batch));
+  std::lock_guard<std::mutex> lock(forward_mu_);
   const int64_t n_embd = c.n_embd, hd = c.head_dim, q_dim = c.q_dim(), kv_dim = c.kv_dim();
   const int group = c.n_head / c.n_head_kv;
 

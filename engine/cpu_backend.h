@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <vector>
 
@@ -37,6 +38,7 @@ class CpuBackend final : public Backend {
 
   const LlamaModel* model_;
   BackendOptions opts_;
+  std::mutex forward_mu_;  // Forward calls (prefill and decode threads) run one at a time
   ThreadPool pool_;
   std::vector<uint16_t> k_cache_;  // (n_layer, max_slots, n_head_kv, ctx, head_dim) FP16
   std::vector<uint16_t> v_cache_;  // same layout

@@ -11,6 +11,7 @@ packages=(
   prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-dev
+  prometheus python3-grpcio python3-protobuf
 )
 
 missing=()
