@@ -54,6 +54,7 @@ struct SamplingState {
   int32_t max_tokens;          // generated tokens allowed in total (incl. the first)
   int32_t ignore_eos;          // 0 or 1
   int32_t n_stop_ids;          // entries used in stop_ids
+  int32_t pad[2];
   int32_t stop_ids[kMaxStopIds];
 };
 static_assert(std::is_trivially_copyable<SamplingState>::value, "SamplingState must be POD");

@@ -6,7 +6,11 @@
 // device: CUDA sources include it. Host operations use GCC __atomic builtins
 // (not std::atomic_ref, which is C++20); device operations use volatile
 // accesses and __threadfence_system(), because sm_52 has no system-scope
-// atomics.
+// atomics. The host operations are ordinary (so implicitly __host__)
+// functions and are deliberately NOT hidden behind !__CUDA_ARCH__: nvcc's
+// device pass also parses the host functions of a .cu file, so hiding them
+// would break host code in .cu files that pushes commands or allocates the
+// block. Calling one from device code is a compile error either way.
 //
 // ---------------------------------------------------------------------------
 // Memory-ordering contract
@@ -37,14 +41,17 @@
 //   device consumer: volatile load head; __threadfence_system();
 //                    volatile loads of the slots; __threadfence_system();
 //                    volatile store tail.
-//   __threadfence_system() guarantees that this thread's memory accesses
-//   before it are observed by all threads, host threads included, as
-//   occurring before its accesses after it. So a host consumer that
-//   acquires a head value written by the device also sees the slots
-//   written before it; and a device consumer has finished reading a slot
-//   before the host can see the tail that frees it. The fence after the
-//   index load orders that load before the slot accesses that depend on
-//   it (the CUDA model does not promise to respect control dependencies).
+//   __threadfence_system() (membar.sys on sm_52, a sys-scope fence on
+//   newer parts) makes every load and store this thread issued before it
+//   performed system-wide, host threads included, before any access it
+//   issues after it. It orders loads as well as stores, so it also keeps
+//   a load before a later store, which the consumer side relies on. Hence
+//   a host consumer that acquires a head value written by the device also
+//   sees the slots written before it, and a device consumer has finished
+//   reading a slot before the host can see the tail that frees it. The
+//   fence after the index load orders that load before the slot accesses
+//   that depend on it (the CUDA model does not promise to respect control
+//   dependencies).
 //   `volatile` makes every access a real memory instruction: the compiler
 //   may not keep an index in a register across polls, nor serve a read
 //   from the L1 (the two caching optimisations the CUDA guide says volatile
@@ -74,19 +81,16 @@
 // ---------------------------------------------------------------------------
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
-
-#if !defined(__CUDA_ARCH__)
-#include <chrono>
 #include <memory>
 #include <new>
 #include <thread>
+#include <type_traits>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
-#endif
 #endif
 
 #include "persistent/config.h"
@@ -114,7 +118,7 @@ using CopyWord = typename std::conditional<alignof(Record) >= 8 && sizeof(Record
                                            unsigned long long, uint32_t>::type;
 #endif
 
-#if !defined(__CUDA_ARCH__)
+// ----- Host-only helpers.
 inline uint32_t LoadRelaxed(const uint32_t* p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 inline uint32_t LoadAcquire(const uint32_t* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 inline void StoreRelaxed(uint32_t* p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
@@ -168,7 +172,6 @@ class Backoff {
 struct NeverStop {
   bool operator()() const { return false; }
 };
-#endif  // !defined(__CUDA_ARCH__)
 
 }  // namespace ring_internal
 
@@ -194,7 +197,6 @@ struct SpscRing {
   ring_internal::RingIndex tail;  // next index to read; consumer-owned
   Record records[N];              // slot = index & (N - 1)
 
-#if !defined(__CUDA_ARCH__)
   // ----- Host side. Producer operations from the producer thread only,
   // ----- consumer operations from the consumer thread only.
 
@@ -271,7 +273,6 @@ struct SpscRing {
     ring_internal::StoreRelaxed(&head.value, start);
     ring_internal::StoreRelaxed(&tail.value, start);
   }
-#endif  // !defined(__CUDA_ARCH__)
 
 #if defined(__CUDACC__)
   // ----- Device side, for ONE thread of the kernel; `this` must be the
@@ -373,7 +374,8 @@ static_assert(sizeof(RingBlock) == 4 * ring_internal::kLineBytes +
               "RingBlock must have no padding beyond the index lines");
 static_assert(sizeof(RingBlock) <= (1u << 20), "RingBlock should stay a small pinned allocation");
 
-#if !defined(__CUDA_ARCH__)
+// ----- Host-only: the CPU-path allocation of the block.
+
 // Frees a RingBlock from AllocateRingBlock (aligned operator delete).
 struct RingBlockDeleter {
   void operator()(RingBlock* block) const {
@@ -394,6 +396,5 @@ inline RingBlockPtr AllocateRingBlock() {
   std::memset(static_cast<void*>(block), 0, sizeof(RingBlock));
   return RingBlockPtr(block);
 }
-#endif  // !defined(__CUDA_ARCH__)
 
 }  // namespace m40llm

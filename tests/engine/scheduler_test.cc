@@ -18,6 +18,7 @@
 #include "engine/model.h"
 #include "engine/tokenizer.h"
 #include "gtest/gtest.h"
+#include "persistent/config.h"
 #include "tests/support/test_support.h"
 
 namespace m40llm {
@@ -134,6 +135,15 @@ class SchedulerTest : public ::testing::Test {
     return gen;
   }
 
+  // The text a stream of these tokens carries (UTF-8-safe, as the
+  // incremental detokenizer emits it).
+  std::string StreamText(const std::vector<int32_t>& toks) {
+    IncrementalDetokenizer d(*tok_);
+    std::string t;
+    for (int32_t id : toks) t += d.Push(id);
+    return t + d.Flush();
+  }
+
   GenerateRequest Req(uint64_t seed, int max_tokens, float temperature = 0.9f) {
     GenerateRequest r;
     r.id = "r" + std::to_string(seed);
@@ -166,7 +176,7 @@ TEST_F(SchedulerTest, SingleRequestMatchesSequentialReference) {
   EXPECT_EQ(c->tokens, want);
   EXPECT_EQ(c->info.completion_tokens, 20);
   EXPECT_EQ(c->info.prompt_tokens, static_cast<int>(req.prompt.size()));
-  EXPECT_EQ(c->text, tok_->Decode(want).substr(0, c->text.size()));
+  EXPECT_EQ(c->text, StreamText(want));
   s->Shutdown();
 }
 
@@ -262,14 +272,29 @@ TEST_F(SchedulerTest, CancelWhileQueued) {
 }
 
 TEST_F(SchedulerTest, DeadlineEndsTheRequest) {
-  auto s = Make(1, 256, 4);
+  auto s = Make(1, 1100, 4);
   ASSERT_NE(s, nullptr);
-  auto c = std::make_shared<Collector>();
-  GenerateRequest r = Req(3, 240);
-  r.deadline = std::chrono::steady_clock::now() + 30ms;
-  ASSERT_TRUE(s->Submit(r, c).ok());
-  ASSERT_TRUE(c->Wait(5s));
-  EXPECT_EQ(c->status.code(), absl::StatusCode::kDeadlineExceeded) << c->status;
+  // Already expired: ends at prefill without a token.
+  auto past = std::make_shared<Collector>();
+  GenerateRequest r = Req(3, 10);
+  r.deadline = std::chrono::steady_clock::now() - 1ms;
+  ASSERT_TRUE(s->Submit(r, past).ok());
+  ASSERT_TRUE(past->Wait(5s));
+  EXPECT_EQ(past->status.code(), absl::StatusCode::kDeadlineExceeded) << past->status;
+  EXPECT_TRUE(past->tokens.empty());
+  // Expires while queued behind a long request that holds the only slot.
+  auto blocker = std::make_shared<Collector>();
+  auto hb = s->Submit(Req(4, 1000), blocker);
+  ASSERT_TRUE(hb.ok());
+  ASSERT_TRUE(blocker->WaitTokens(1));
+  auto queued = std::make_shared<Collector>();
+  r.deadline = std::chrono::steady_clock::now() + 20ms;
+  ASSERT_TRUE(s->Submit(r, queued).ok());
+  ASSERT_TRUE(queued->Wait(5s));
+  EXPECT_EQ(queued->status.code(), absl::StatusCode::kDeadlineExceeded) << queued->status;
+  EXPECT_TRUE(queued->tokens.empty());
+  s->Cancel(*hb);
+  ASSERT_TRUE(blocker->Wait());
   EXPECT_TRUE(s->WaitIdle(5s));
   s->Shutdown();
 }
@@ -277,13 +302,17 @@ TEST_F(SchedulerTest, DeadlineEndsTheRequest) {
 TEST_F(SchedulerTest, StopStringEndsAndIsNotStreamed) {
   auto s = Make(2, 128, 4);
   ASSERT_NE(s, nullptr);
-  // Find a stop string the reference actually produces: a piece of its text.
+  // A stop string the reference actually produces: three ASCII letters of
+  // its streamed text.
   GenerateRequest r = Req(11, 30, 0.0f);
-  const auto ref = Reference(r);
-  const std::string text = tok_->Decode(ref);
-  ASSERT_GT(text.size(), 12u);
-  const std::string stop = text.substr(8, 3);
-  const size_t at = text.find(stop);
+  const std::string text = StreamText(Reference(r));
+  size_t at = std::string::npos;
+  for (size_t i = 4; i + 3 <= text.size() && at == std::string::npos; ++i) {
+    if (isalpha(text[i]) && isalpha(text[i + 1]) && isalpha(text[i + 2])) at = i;
+  }
+  ASSERT_NE(at, std::string::npos) << text;
+  const std::string stop = text.substr(at, 3);
+  at = text.find(stop);
   r.stop = {stop};
   auto c = std::make_shared<Collector>();
   ASSERT_TRUE(s->Submit(r, c).ok());
@@ -338,8 +367,8 @@ TEST_F(SchedulerTest, ShutdownEndsInFlightRequests) {
   ASSERT_NE(s, nullptr);
   auto a = std::make_shared<Collector>();
   auto b = std::make_shared<Collector>();
-  ASSERT_TRUE(s->Submit(Req(1, 240), a).ok());
-  ASSERT_TRUE(s->Submit(Req(2, 240), b).ok());
+  ASSERT_TRUE(s->Submit(Req(1, 200), a).ok());
+  ASSERT_TRUE(s->Submit(Req(2, 200), b).ok());
   ASSERT_TRUE(a->WaitTokens(2));
   s->Shutdown();
   ASSERT_TRUE(a->done());

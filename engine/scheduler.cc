@@ -336,6 +336,12 @@ class SchedulerImpl final : public Scheduler {
       return true;
     }
     const SteadyTime now = Clock::now();
+    if (r.req.deadline <= now) {
+      if (r.state == State::kDecoding) PushCommand(CancelCommand(r));
+      Finalize(r, absl::DeadlineExceededError("the request deadline passed"),
+               StreamFinish::kCancelled);
+      return true;
+    }
     if (r.completion == 0) {
       r.first_token = now;
     } else if (metrics_) {
@@ -428,6 +434,9 @@ class SchedulerImpl final : public Scheduler {
                    StreamFinish::kCancelled);
         } else if (r.cancel) {
           Finalize(r, r.cancel_status, StreamFinish::kCancelled);
+        } else if (r.req.deadline <= Clock::now()) {
+          Finalize(r, absl::DeadlineExceededError("the request deadline passed"),
+                   StreamFinish::kCancelled);
         } else {
           const size_t n = r.req.prompt.size();
           int32_t* hist = history_.data() + static_cast<size_t>(r.slot) * opts_.ctx_per_slot;
