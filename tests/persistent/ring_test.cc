@@ -39,28 +39,19 @@ struct SmallRecord {
 
 SmallRecord MakeSmall(uint64_t seq) { return {seq, Mix(seq)}; }
 
-// A fully populated Event (208 bytes): every field, padding word and top-n
-// entry is a function of `seq`.
+// An Event whose every byte (fields, padding words, all top-n entries) is a
+// function of `seq`; a few fields are then set to meaningful values.
 Event MakeEvent(uint64_t seq) {
+  static_assert(sizeof(Event) % sizeof(uint64_t) == 0, "Event is filled in 64-bit words");
   Event e;
-  std::memset(&e, 0, sizeof(e));
-  const uint64_t h = Mix(seq);
-  e.kind = (seq & 1) != 0 ? EventKind::kToken : EventKind::kFinished;
-  e.slot = static_cast<int32_t>(h % kMaxSlots);
-  e.pos = static_cast<int32_t>(seq);
-  e.token = static_cast<int32_t>(h >> 32);
-  e.seq_id = seq;
-  e.logprob = -static_cast<float>(h & 0xFFFF) / 1024.0f;
-  e.reason = static_cast<FinishReason>(h % 5);
-  e.step = static_cast<int32_t>(seq >> 3);
-  e.n_top = kMaxEventLogprobs;
-  e.pad[0] = static_cast<uint32_t>(h);
-  e.pad[1] = static_cast<uint32_t>(h >> 29);
-  for (int i = 0; i < kMaxEventLogprobs; ++i) {
-    const uint64_t w = Mix(seq * kMaxEventLogprobs + i + 1);
-    e.top[i].token = static_cast<int32_t>(w);
-    e.top[i].logprob = -static_cast<float>(w >> 44) / 4096.0f;
+  unsigned char* bytes = reinterpret_cast<unsigned char*>(&e);
+  for (size_t i = 0; i < sizeof(Event) / sizeof(uint64_t); ++i) {
+    const uint64_t w = Mix(seq * 64 + i);
+    std::memcpy(bytes + i * sizeof(w), &w, sizeof(w));
   }
+  e.kind = (seq & 1) != 0 ? EventKind::kToken : EventKind::kFinished;
+  e.seq_id = seq;
+  e.n_top = kMaxEventLogprobs;
   return e;
 }
 
@@ -338,13 +329,14 @@ TEST(SpscRingBlockingTest, StopPredicateEndsTheWait) {
   });
   const auto start = steady_clock::now();
   SmallRecord out;
-  // An effectively unbounded timeout: only the predicate can end this.
-  EXPECT_FALSE(ring->PopWait(&out, std::chrono::nanoseconds::max(), [&] { return stop.load(); }));
+  // A timeout far beyond the assertion below: only the predicate can end
+  // this in time (finite, so a broken predicate fails instead of hanging).
+  EXPECT_FALSE(ring->PopWait(&out, seconds(20), [&] { return stop.load(); }));
   EXPECT_LT(steady_clock::now() - start, seconds(5));
   stopper.join();
 
   for (uint64_t i = 0; i < 4; ++i) ASSERT_TRUE(ring->TryPush(MakeSmall(i)));
-  EXPECT_FALSE(ring->PushWait(MakeSmall(9), seconds(30), [] { return true; }));
+  EXPECT_FALSE(ring->PushWait(MakeSmall(9), seconds(20), [] { return true; }));
   EXPECT_EQ(ring->Size(), 4u);
 }
 
@@ -364,6 +356,20 @@ TEST(SpscRingBlockingTest, PushWaitResumesWhenTheConsumerFreesASlot) {
     ASSERT_TRUE(ring->TryPop(&out));
     EXPECT_EQ(out.seq, i);
   }
+}
+
+TEST(SpscRingBlockingTest, UnboundedTimeoutDoesNotOverflowTheDeadline) {
+  // now() + nanoseconds::max() would overflow into the past and end the wait
+  // at once; the deadline must saturate instead.
+  auto ring = NewRing<SmallRecord, 4>();
+  std::thread producer([&] {
+    std::this_thread::sleep_for(milliseconds(20));
+    EXPECT_TRUE(ring->TryPush(MakeSmall(5)));
+  });
+  SmallRecord out;
+  EXPECT_TRUE(ring->PopWait(&out, std::chrono::nanoseconds::max()));
+  producer.join();
+  EXPECT_EQ(out.seq, 5u);
 }
 
 TEST(SpscRingBlockingTest, BlockingHelpersStress) {
