@@ -1,5 +1,5 @@
 // m40llm: one binary for every job. Subcommands: generate, eval, tokenize,
-// mkmodel, info (and serve, once the gRPC server lands).
+// mkmodel, info, serve (the gRPC server) and client (talks to one).
 #include <unistd.h>
 
 #include <chrono>
@@ -23,8 +23,10 @@
 #include "engine/status.h"
 #include "engine/tokenizer.h"
 #include "nlohmann/json.hpp"
+#include "server/server.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
+#include "tools/m40llm/client.h"
 
 namespace m40llm {
 namespace {
@@ -397,6 +399,50 @@ int Main(int argc, char** argv) {
   auto* in = app.add_subcommand("info", "print a GGUF file's model configuration");
   in->add_option("-m,--model", info_model, "GGUF file (default: the demo model)");
 
+  ServeOptions sv;
+  auto* s = app.add_subcommand("serve", "run the gRPC inference server until SIGTERM/SIGINT");
+  s->add_option("-m,--model", sv.model,
+                "GGUF model file (default: the built-in demo model, random weights)")
+      ->envname("M40LLM_MODEL");
+  s->add_option("--backend", sv.backend, "compute backend: cpu or cuda")
+      ->envname("M40LLM_BACKEND")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  s->add_option("--listen", sv.listen, "gRPC address host:port")
+      ->envname("M40LLM_LISTEN")
+      ->capture_default_str();
+  s->add_option("--metrics-listen", sv.metrics_listen,
+                "Prometheus /metrics address host:port (empty: off)")
+      ->envname("M40LLM_METRICS_LISTEN")
+      ->capture_default_str();
+  s->add_option("--max-batch", sv.max_batch, "sequences decoding at once")
+      ->envname("M40LLM_MAX_BATCH")
+      ->capture_default_str();
+  s->add_option("--ctx-per-slot", sv.ctx_per_slot,
+                "context positions per sequence, prompt + generated (0: min(model context, 2048))")
+      ->envname("M40LLM_CTX_PER_SLOT")
+      ->capture_default_str();
+  s->add_option("--queue-size", sv.queue_size,
+                "requests that may wait for a slot before RESOURCE_EXHAUSTED")
+      ->envname("M40LLM_QUEUE_SIZE")
+      ->capture_default_str();
+  s->add_option("--drain-timeout", sv.drain_timeout_seconds,
+                "seconds in-flight requests get to finish after SIGTERM")
+      ->envname("M40LLM_DRAIN_TIMEOUT")
+      ->capture_default_str();
+  s->add_option("-t,--threads", sv.threads, "CPU threads (default: all cores)")
+      ->envname("M40LLM_THREADS");
+  s->add_option("--log-level", sv.log_level, "trace|debug|info|warn|error|critical|off")
+      ->envname("M40LLM_LOG_LEVEL")
+      ->capture_default_str();
+  s->add_option("--log-format", sv.log_format, "text, or json (one object per line)")
+      ->envname("M40LLM_LOG_FORMAT")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
+
+  ClientOpts cl;
+  CLI::App* c = AddClientCommand(&app, &cl);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& err) {
@@ -416,6 +462,8 @@ int Main(int argc, char** argv) {
   if (*t) return RunTokenize(tk);
   if (*k) return RunMkmodel(mk);
   if (*in) return RunInfo(info_model);
+  if (*s) return RunServe(sv);
+  if (*c) return RunClient(*c, cl);
   return 1;
 }
 

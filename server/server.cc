@@ -1,0 +1,272 @@
+// `m40llm serve` (see server.h).
+#include "server/server.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "engine/cpu_backend.h"
+#include "engine/demo_model.h"
+#include "engine/ggml_types.h"
+#include "engine/gguf.h"
+#include "engine/model.h"
+#include "engine/scheduler.h"
+#include "engine/status.h"
+#include "engine/tokenizer.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "persistent/config.h"
+#include "server/grpc_server.h"
+#include "server/logging.h"
+#include "server/metrics.h"
+#include "server/service.h"
+#include "spdlog/spdlog.h"
+
+#ifndef M40LLM_VERSION
+#define M40LLM_VERSION "unknown"
+#endif
+
+namespace m40llm {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+double MiB(uint64_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
+
+std::string BaseName(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// "Q4_K:193 F32:65 Q6_K:33": tensor types by count, most frequent first.
+std::string WeightTypes(const GgufFile& file) {
+  std::map<std::string, int> counts;
+  for (const GgufTensorInfo& t : file.tensors()) ++counts[TypeName(t.type)];
+  std::vector<std::pair<std::string, int>> sorted(counts.begin(), counts.end());
+  std::stable_sort(sorted.begin(), sorted.end(),
+                   [](const auto& a, const auto& b) { return a.second > b.second; });
+  std::vector<std::string> parts;
+  for (const auto& [name, n] : sorted) parts.push_back(absl::StrCat(name, ":", n));
+  return absl::StrJoin(parts, " ");
+}
+
+v1::ModelInfo MakeModelInfo(const GgufFile& file, const LlamaModel& model,
+                            const Tokenizer& tokenizer, const std::string& backend,
+                            const std::string& device) {
+  const ModelConfig& c = model.config();
+  v1::ModelInfo info;
+  info.set_name(c.name);
+  info.set_architecture(c.arch);
+  info.set_file(BaseName(file.path()));
+  info.set_n_vocab(c.n_vocab);
+  info.set_n_ctx_train(c.n_ctx_train);
+  info.set_n_embd(c.n_embd);
+  info.set_n_layer(c.n_layer);
+  info.set_n_head(c.n_head);
+  info.set_n_head_kv(c.n_head_kv);
+  info.set_head_dim(c.head_dim);
+  info.set_n_ff(c.n_ff);
+  info.set_tokenizer(tokenizer.vocab().model);
+  info.set_bos_token_id(tokenizer.vocab().bos);
+  info.set_eos_token_id(tokenizer.vocab().eos);
+  info.set_eot_token_id(tokenizer.vocab().eot);
+  info.set_add_bos(tokenizer.vocab().add_bos);
+  info.set_weight_types(WeightTypes(file));
+  info.set_weight_bytes(model.weight_bytes());
+  info.set_backend(backend);
+  info.set_device(device);
+  info.set_server_version(ServerVersion());
+  return info;
+}
+
+// "0.0.0.0:50051" with the port actually bound.
+std::string WithPort(const std::string& listen, int port) {
+  const size_t colon = listen.rfind(':');
+  return absl::StrCat(colon == std::string::npos ? listen : listen.substr(0, colon), ":", port);
+}
+
+// Everything RunServe owns, in construction order (destroyed in reverse:
+// the gRPC server first, the model last).
+struct Running {
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<CpuBackend> backend;
+  std::unique_ptr<Metrics> metrics;
+  std::unique_ptr<Scheduler> scheduler;
+  std::unique_ptr<InferenceService> service;
+  std::unique_ptr<grpc::Server> server;
+};
+
+absl::Status CheckOptions(const ServeOptions& o) {
+  if (o.backend == "cuda") {
+    return absl::UnimplementedError(
+        "--backend cuda: the CUDA backend is not built yet; use --backend cpu");
+  }
+  if (o.backend != "cpu") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown backend '", o.backend, "': use cpu or cuda"));
+  }
+  if (o.max_batch < 1 || o.max_batch > kMaxSlots) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-batch must be in [1, ", kMaxSlots, "], got ", o.max_batch));
+  }
+  if (o.ctx_per_slot < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--ctx-per-slot must be >= 0 (0 = default), got ", o.ctx_per_slot));
+  }
+  if (o.queue_size < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--queue-size must be >= 0, got ", o.queue_size));
+  }
+  if (!(o.drain_timeout_seconds >= 0)) {
+    return absl::InvalidArgumentError("--drain-timeout must be >= 0 seconds");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Start(const ServeOptions& o, Running* run) {
+  RETURN_IF_ERROR(CheckOptions(o));
+  std::string path = o.model;
+  if (path.empty()) {
+    ASSIGN_OR_RETURN(path, EnsureDemoModel());
+    spdlog::warn(
+        "no --model given: serving the built-in demo model {} (random weights, "
+        "its text is gibberish)",
+        path);
+  }
+  const Clock::time_point t0 = Clock::now();
+  ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::Open(path));
+  ASSIGN_OR_RETURN(run->tokenizer, Tokenizer::FromGguf(*file));
+  ASSIGN_OR_RETURN(run->model, LlamaModel::Load(*file, nullptr, o.threads));
+  const ModelConfig& c = run->model->config();
+  spdlog::info(
+      "loaded {} in {:.2f} s: {} '{}', {} layers, n_embd {}, {} heads ({} KV), "
+      "vocab {}, context {}, {:.1f} MiB of weights ({})",
+      path, Seconds(Clock::now() - t0), c.arch, c.name, c.n_layer, c.n_embd, c.n_head, c.n_head_kv,
+      c.n_vocab, c.n_ctx_train, MiB(run->model->weight_bytes()), WeightTypes(*file));
+
+  BackendOptions bo;
+  bo.max_slots = o.max_batch;
+  bo.ctx_per_slot = o.ctx_per_slot > 0 ? o.ctx_per_slot : std::min(c.n_ctx_train, 2048);
+  bo.n_threads = o.threads;
+  if (bo.ctx_per_slot > c.n_ctx_train) {
+    spdlog::warn("--ctx-per-slot {} exceeds the model's training context {}", bo.ctx_per_slot,
+                 c.n_ctx_train);
+  }
+  ASSIGN_OR_RETURN(run->backend, CpuBackend::Create(run->model.get(), bo));
+  const int threads =
+      o.threads > 0 ? o.threads : static_cast<int>(std::thread::hardware_concurrency());
+  const std::string device = absl::StrCat("CPU, ", threads, " threads");
+  const uint64_t kv_bytes = 2ull * 2 * c.n_layer * bo.max_slots * c.n_head_kv *
+                            static_cast<uint64_t>(bo.ctx_per_slot) * c.head_dim;
+
+  MetricsOptions mo;
+  mo.listen = o.metrics_listen;
+  mo.version = ServerVersion();
+  mo.backend = o.backend;
+  mo.device = device;
+  ASSIGN_OR_RETURN(run->metrics, Metrics::Create(mo));
+
+  SchedulerOptions so;
+  so.max_batch = o.max_batch;
+  so.ctx_per_slot = bo.ctx_per_slot;
+  so.queue_size = o.queue_size;
+  ASSIGN_OR_RETURN(run->scheduler, Scheduler::Create(run->backend.get(), run->tokenizer.get(), so,
+                                                     run->metrics.get()));
+  run->service = std::make_unique<InferenceService>(
+      run->scheduler.get(), run->tokenizer.get(), run->metrics.get(),
+      MakeModelInfo(*file, *run->model, *run->tokenizer, o.backend, device));
+  int port = 0;
+  ASSIGN_OR_RETURN(run->server, StartGrpcServer(o.listen, run->service.get(),
+                                                v1::Inference::service_full_name(), &port));
+
+  spdlog::info(
+      "m40llm {} serving on {} ({} backend, {}): {} slots x {} positions, queue {}, "
+      "KV cache {:.1f} MiB, weights {:.1f} MiB",
+      ServerVersion(), WithPort(o.listen, port), o.backend, device, so.max_batch, so.ctx_per_slot,
+      so.queue_size, MiB(kv_bytes), MiB(run->model->weight_bytes()));
+  if (!run->metrics->listen_address().empty()) {
+    spdlog::info("metrics on http://{}/metrics", run->metrics->listen_address());
+  }
+  return absl::OkStatus();
+}
+
+// Drain and stop, in the order the header describes.
+void Stop(const ServeOptions& o, const sigset_t& signals, Running* run) {
+  run->server->GetHealthCheckService()->SetServingStatus(false);
+  run->scheduler->StartDrain();
+  const SchedulerStats before = run->scheduler->stats();
+  spdlog::info("draining: {} running, {} queued; waiting up to {:.0f} s", before.active_sequences,
+               before.queue_depth, o.drain_timeout_seconds);
+  const Clock::time_point end =
+      Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                         std::chrono::duration<double>(o.drain_timeout_seconds));
+  bool idle = false;
+  while (!idle) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now());
+    idle = run->scheduler->WaitIdle(
+        std::clamp(left, std::chrono::milliseconds(0), std::chrono::milliseconds(200)));
+    if (idle || Clock::now() >= end) break;
+    const timespec no_wait = {0, 0};
+    if (sigtimedwait(&signals, nullptr, &no_wait) > 0) {
+      spdlog::warn("second signal: not waiting for the remaining requests");
+      break;
+    }
+  }
+  if (!idle) {
+    const SchedulerStats left = run->scheduler->stats();
+    spdlog::warn("ending {} running and {} queued requests with UNAVAILABLE", left.active_sequences,
+                 left.queue_depth);
+  }
+  run->scheduler->Shutdown();
+  // Every call has its final status by now; the deadline only bounds
+  // stragglers such as unary calls in progress.
+  run->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  spdlog::info("stopped");
+}
+
+}  // namespace
+
+const char* ServerVersion() { return M40LLM_VERSION; }
+
+int RunServe(const ServeOptions& opts) {
+  if (absl::Status s = ConfigureLogging(opts.log_level, opts.log_format); !s.ok()) {
+    spdlog::error("{}", std::string(s.message()));
+    return 1;
+  }
+  // SIGINT and SIGTERM are blocked before any thread starts, so that every
+  // thread inherits the mask and only sigwait() below ever sees them: no
+  // handler runs in signal context.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  Running run;
+  if (absl::Status s = Start(opts, &run); !s.ok()) {
+    spdlog::error("{}", std::string(s.message()));
+    return 1;
+  }
+  int sig = 0;
+  while (sigwait(&signals, &sig) != 0) {
+  }
+  spdlog::info("received {}: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  Stop(opts, signals, &run);
+  return 0;
+}
+
+}  // namespace m40llm
