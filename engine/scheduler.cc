@@ -116,12 +116,14 @@ class SchedulerImpl final : public Scheduler {
     r->obs = std::move(observer);
     r->submitted = Clock::now();
     r->detok = std::make_unique<IncrementalDetokenizer>(*tok_);
+    r->detok->ContinueAfter(r->req.prompt);
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (draining_ || stopping_) {
         return absl::UnavailableError("the server is draining and accepts no new requests");
       }
-      if (static_cast<int>(queue_.size()) >= opts_.queue_size) {
+      // Queued requests that free slots will take at once are not waiting.
+      if (queue_.size() >= static_cast<size_t>(opts_.queue_size) + free_slots_.size()) {
         return absl::ResourceExhaustedError(absl::StrCat(
             "the admission queue is full (", opts_.queue_size, " requests waiting)"));
       }
@@ -135,7 +137,7 @@ class SchedulerImpl final : public Scheduler {
     return r->handle;
   }
 
-  void Cancel(uint64_t handle) override { CancelWith(handle, absl::OkStatus()); }
+  void Cancel(uint64_t handle, const absl::Status& why) override { CancelWith(handle, why); }
 
   void StartDrain() override {
     std::lock_guard<std::mutex> lock(mu_);

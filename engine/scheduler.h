@@ -119,10 +119,12 @@ class Scheduler {
   virtual absl::StatusOr<uint64_t> Submit(GenerateRequest req,
                                           std::shared_ptr<StreamObserver> observer) = 0;
 
-  // Cancels a request (client went away): a queued one ends at once, a
-  // decoding one within one decode step; OnDone gets OK with kCancelled.
+  // Cancels a request: a queued one ends at once, a decoding one within one
+  // decode step. OnDone gets `why` (e.g. CANCELLED for a client that went
+  // away, DEADLINE_EXCEEDED), or OK with kCancelled when `why` is OK.
   // Unknown or finished handles are ignored.
-  virtual void Cancel(uint64_t handle) = 0;
+  virtual void Cancel(uint64_t handle, const absl::Status& why) = 0;
+  void Cancel(uint64_t handle) { Cancel(handle, absl::OkStatus()); }
 
   // Stops admitting new requests (Submit -> UNAVAILABLE); in-flight ones go on.
   virtual void StartDrain() = 0;

@@ -495,4 +495,13 @@ void IncrementalDetokenizer::Reset() {
   at_start_ = true;
 }
 
+void IncrementalDetokenizer::ContinueAfter(std::span<const int32_t> prompt) {
+  for (int32_t id : prompt) {
+    if (!tokenizer_->IsControl(id)) {
+      at_start_ = false;
+      return;
+    }
+  }
+}
+
 }  // namespace m40llm

@@ -196,6 +196,10 @@ class IncrementalDetokenizer {
   std::string Flush();
   // Starts a new sequence (the leading-space rule applies again).
   void Reset();
+  // Marks the stream as the continuation of `prompt`: when the prompt holds
+  // any text token, the leading-space rule does not apply to the first
+  // pushed token (its space separates it from the prompt's last word).
+  void ContinueAfter(std::span<const int32_t> prompt);
 
  private:
   const Tokenizer* tokenizer_;

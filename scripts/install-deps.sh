@@ -21,6 +21,17 @@ for p in "${packages[@]}"; do
   fi
 done
 
+# Node.js and npm for the e2e tests' Node client (its npm packages are
+# installed by the test itself, under tests/e2e/node). Checked by command, not
+# by package: NodeSource's nodejs package bundles npm and conflicts with the
+# distribution's npm package.
+if ! command -v node >/dev/null 2>&1; then
+  missing+=(nodejs)
+fi
+if ! command -v npm >/dev/null 2>&1; then
+  missing+=(npm)
+fi
+
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

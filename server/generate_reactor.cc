@@ -129,6 +129,7 @@ void GenerateReactor::Complete(const absl::Status& status, const FinalInfo& info
 void GenerateReactor::OnWriteDone(bool ok) {
   Action action;
   std::optional<uint64_t> cancel;
+  absl::Status why;
   {
     absl::MutexLock lock(&mu_);
     write_in_flight_ = false;
@@ -138,15 +139,17 @@ void GenerateReactor::OnWriteDone(bool ok) {
       cancel_status_ = absl::CancelledError("the client went away (a write failed)");
       if (!done_) cancel = handle_;
     }
+    why = cancel_status_;
     action = NextLocked();
   }
-  if (cancel) scheduler_->Cancel(*cancel);
+  if (cancel) scheduler_->Cancel(*cancel, why);
   Run(action);
 }
 
 void GenerateReactor::OnCancel() {
   Action action;
   std::optional<uint64_t> cancel;
+  absl::Status why;
   {
     absl::MutexLock lock(&mu_);
     if (!stream_broken_) {
@@ -156,11 +159,13 @@ void GenerateReactor::OnCancel() {
                            : absl::CancelledError("the client cancelled the call");
     }
     if (!done_) cancel = handle_;
+    why = cancel_status_;
     action = NextLocked();
   }
   // Outside the lock: the scheduler may end the request (and call the
-  // observer, which takes mu_) before Cancel() returns.
-  if (cancel) scheduler_->Cancel(*cancel);
+  // observer, which takes mu_) before Cancel() returns. The scheduler ends it
+  // with `why`, so metrics tell a deadline from a client's cancel.
+  if (cancel) scheduler_->Cancel(*cancel, why);
   Run(action);
 }
 

@@ -284,6 +284,21 @@ TEST(IncrementalDetokenizerTest, LeadingSpaceRule) {
   EXPECT_EQ(d.Push(world), "world");
 }
 
+TEST(IncrementalDetokenizerTest, ContinuationKeepsTheFirstSpace) {
+  const Tokenizer& t = Demo();
+  const int32_t hello = Id(t, kMarker + "Hello");
+  const int32_t world = Id(t, kMarker + "world");
+  const std::vector<int32_t> prompt = {1, hello};
+  IncrementalDetokenizer d(t);
+  d.ContinueAfter(prompt);
+  EXPECT_EQ(d.Push(world), " world");
+  // A prompt of control tokens only is still the start of the text.
+  IncrementalDetokenizer e(t);
+  const std::vector<int32_t> bos = {1};
+  e.ContinueAfter(bos);
+  EXPECT_EQ(e.Push(world), "world");
+}
+
 TEST(IncrementalDetokenizerTest, InvalidBytesBecomeReplacement) {
   const Tokenizer& t = Demo();
   IncrementalDetokenizer d(t);

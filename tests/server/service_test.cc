@@ -107,7 +107,7 @@ class FakeScheduler final : public Scheduler {
     return handle;
   }
 
-  void Cancel(uint64_t handle) override {
+  void Cancel(uint64_t handle, const absl::Status&) override {
     std::lock_guard<std::mutex> lock(mu_);
     cancelled_.push_back(handle);
     for (auto& [h, flag] : cancel_flags_) {
