@@ -154,7 +154,10 @@ void GenerateReactor::OnCancel() {
     absl::MutexLock lock(&mu_);
     if (!stream_broken_) {
       stream_broken_ = true;
-      cancel_status_ = std::chrono::steady_clock::now() >= deadline_
+      // gRPC fires the deadline on its own clock; deadline_ was converted to
+      // the steady clock a moment earlier, so allow a few ms of skew rather
+      // than count an expired deadline as a client's cancel.
+      cancel_status_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(5) >= deadline_
                            ? absl::DeadlineExceededError("the client's deadline passed")
                            : absl::CancelledError("the client cancelled the call");
     }
