@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs missing packages, builds, and runs every test:
-#   1. Release build; unit and conformance tests (ctest).
-#   2. ASan + UBSan build; unit tests.
-#   3. libFuzzer on the GGUF reader for FUZZ_SECONDS (default 60).
+#   1. ASan + UBSan build; unit tests.
+#   2. libFuzzer on the GGUF reader for FUZZ_SECONDS (default 60).
+#   3. Release build; conformance, then unit, end-to-end and GPU tests.
 # Conformance tests read the fixtures from $M40LLM_FIXTURES (default
 # ../shared/fixtures when it exists) and skip with a reason without them;
 # with M40LLM_REQUIRE_FIXTURES=1 a skipped conformance test fails the run.
@@ -31,13 +31,17 @@ ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 echo "== libFuzzer: GGUF reader"
 scripts/fuzz.sh
 
-echo "== Release build, unit and conformance tests"
+echo "== Release build: conformance tests"
 scripts/build.sh >/dev/null
 log=$(mktemp)
-ctest --test-dir build -j "$jobs" --output-on-failure | tee "$log"
+ctest --test-dir build -L conformance -j "$jobs" --output-on-failure | tee "$log"
 if [ "${M40LLM_REQUIRE_FIXTURES:-0}" = 1 ]; then
   if grep -E "Skipped|Not Run" "$log" | grep -q .; then
     echo "error: conformance tests were skipped; M40LLM_FIXTURES=$M40LLM_FIXTURES" >&2
     exit 1
   fi
 fi
+rm -f "$log"
+
+echo "== Release build: unit, end-to-end and GPU tests (GPU tests skip without a device)"
+ctest --test-dir build -LE conformance -j "$jobs" --output-on-failure
