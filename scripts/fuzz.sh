@@ -31,18 +31,22 @@ mkdir -p "$seeds" "$corpus" "$artifacts"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
+# The fuzzer's progress lines go to a log; its tail is shown, all of it on failure.
+log=$work/fuzz.log
 status=0
 "$build_dir/tests/fuzz/gguf_fuzz" "$corpus" "$seeds" \
   -dict="$root/tests/fuzz/gguf.dict" \
   -max_total_time="$fuzz_seconds" \
   -rss_limit_mb=2048 -max_len=65536 -timeout=10 \
-  -artifact_prefix="$artifacts/" -print_final_stats=1 "$@" || status=$?
+  -artifact_prefix="$artifacts/" -print_final_stats=1 "$@" >"$log" 2>&1 || status=$?
 
 found=$(find "$artifacts" -type f | head -n 20)
 if [[ $status -ne 0 || -n $found ]]; then
+  cat "$log" >&2
   echo "fuzz.sh: the fuzzer failed (exit $status); reproducers:" >&2
   echo "${found:-  (none written)}" >&2
   echo "rerun one with: $build_dir/tests/fuzz/gguf_fuzz <file>" >&2
   exit 1
 fi
+tail -n 8 "$log"
 echo "fuzz.sh: no crash in ${fuzz_seconds}s"
