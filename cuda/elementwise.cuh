@@ -1,0 +1,23 @@
+// Elementwise FP32 operators of the feed-forward block: SwiGLU and the
+// residual add.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+
+namespace m40llm::gpu {
+
+// out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)), for n values
+// (cpu::SwiGlu). gate, up, out: (n) FP32, device; out may equal gate or up.
+[[nodiscard]] absl::Status LaunchSwiGlu(const float* gate, const float* up, int64_t n, float* out,
+                                        cudaStream_t stream);
+
+// out[i] = a[i] + b[i] for n values (residual add).
+// a, b, out: (n) FP32, device; out may equal a or b.
+[[nodiscard]] absl::Status LaunchAdd(const float* a, const float* b, int64_t n, float* out,
+                                     cudaStream_t stream);
+
+}  // namespace m40llm::gpu
