@@ -2,10 +2,10 @@
 # Installs missing packages, builds, and runs every test:
 #   1. ASan + UBSan build; unit tests.
 #   2. libFuzzer on the GGUF reader for FUZZ_SECONDS (default 60).
-#   3. Release build; conformance, then unit, end-to-end and GPU tests.
-#   4. With M40LLM_MAXWELL_CHECK=1, or CI=true unless M40LLM_MAXWELL_CHECK=0:
+#   3. With M40LLM_MAXWELL_CHECK=1, or CI=true unless M40LLM_MAXWELL_CHECK=0:
 #      scripts/maxwell-check.sh (sm_52 compile of cuda/, spills, FP16
 #      arithmetic), which installs Debian's CUDA 11.8 (~5 GB) on first use.
+#   4. Release build; conformance, then unit, end-to-end and GPU tests.
 # Conformance tests read the fixtures from $M40LLM_FIXTURES (default
 # ../shared/fixtures when it exists) and skip with a reason without them;
 # with M40LLM_REQUIRE_FIXTURES=1 a skipped conformance test fails the run.
@@ -34,6 +34,16 @@ ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 echo "== libFuzzer: GGUF reader"
 scripts/fuzz.sh
 
+# Opt-in off CI: the check installs a CUDA toolkit of several GB.
+maxwell=${M40LLM_MAXWELL_CHECK:-}
+if [ -z "$maxwell" ] && [ "${CI:-}" = true ]; then maxwell=1; fi
+if [ "$maxwell" = 1 ]; then
+  echo "== Maxwell (sm_52) check"
+  scripts/maxwell-check.sh
+else
+  echo "== Maxwell (sm_52) check: skipped (M40LLM_MAXWELL_CHECK=1 runs it; docs/gpu.md)"
+fi
+
 echo "== Release build: conformance tests"
 scripts/build.sh >/dev/null
 log=$(mktemp)
@@ -48,13 +58,3 @@ rm -f "$log"
 
 echo "== Release build: unit, end-to-end and GPU tests (GPU tests skip without a device)"
 ctest --test-dir build -LE conformance -j "$jobs" --output-on-failure
-
-# Opt-in off CI: the check installs a CUDA toolkit of several GB.
-maxwell=${M40LLM_MAXWELL_CHECK:-}
-if [ -z "$maxwell" ] && [ "${CI:-}" = true ]; then maxwell=1; fi
-if [ "$maxwell" = 1 ]; then
-  echo "== Maxwell (sm_52) check"
-  scripts/maxwell-check.sh
-else
-  echo "== Maxwell (sm_52) check: skipped (M40LLM_MAXWELL_CHECK=1 runs it; docs/gpu.md)"
-fi
