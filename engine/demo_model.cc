@@ -1,27 +1,35 @@
-// Random llama GGUF writer and the cached demo model.
+// Random llama GGUF writer (streamed, multi-threaded), the real-model shape
+// presets and the cached demo model.
 #include "engine/demo_model.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "engine/demo_vocab.h"
 #include "engine/gguf_writer.h"
 #include "engine/quantize.h"
 #include "engine/status.h"
+#include "engine/thread_pool.h"
 #include "engine/tokenizer.h"
 
 namespace m40llm {
 namespace {
 
 // SplitMix64 over (seed, tensor index, element): every value is a pure
-// function of its coordinates, so tensors can be generated independently.
+// function of its coordinates, so tensors and row blocks can be generated
+// independently and in any order.
 uint64_t Mix(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -29,10 +37,68 @@ uint64_t Mix(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// Uniform in [-1, 1).
-float Uniform(uint64_t seed, uint64_t tensor, uint64_t i) {
-  const uint64_t r = Mix(Mix(seed ^ (tensor * 0x632be59bd9b4e019ull)) + i);
+// The per-tensor half of the generator, computed once per tensor.
+uint64_t TensorKey(uint64_t seed, uint64_t tensor) {
+  return Mix(seed ^ (tensor * 0x632be59bd9b4e019ull));
+}
+
+// Element `i` of the tensor keyed by `key`: uniform in [-1, 1).
+float UniformAt(uint64_t key, uint64_t i) {
+  const uint64_t r = Mix(key + i);
   return static_cast<float>(static_cast<double>(r >> 40) / static_cast<double>(1ull << 23) - 1.0);
+}
+
+float Uniform(uint64_t seed, uint64_t tensor, uint64_t i) {
+  return UniformAt(TensorKey(seed, tensor), i);
+}
+
+// Elements generated per work item: 4 MiB of floats per thread, plus the
+// encoded copy.
+constexpr uint64_t kBlockElems = uint64_t{1} << 20;
+
+// A weight matrix of `rows` x `cols` (cols = ne0, the innermost) filled with
+// gain * sqrt(3 / cols) * Uniform(seed, id, element): a unit-RMS input gives
+// outputs of variance gain^2.
+struct MatrixGen {
+  uint64_t id;
+  uint64_t rows, cols;
+  GgmlType type;
+  float gain;
+};
+
+// Generates `m` in blocks of whole rows on `pool` and writes each block's
+// encoding at its offset. Every type's blocks lie within a row (ne0 is a
+// multiple of the block size), so encoding row blocks separately gives the
+// same bytes as encoding the whole matrix.
+absl::Status FillMatrix(const MatrixGen& m, uint64_t seed, ThreadPool& pool, GgufTensorSink& sink) {
+  const uint64_t row_bytes = sink.size() / m.rows;
+  const uint64_t rows_per_block = std::max<uint64_t>(1, kBlockElems / m.cols);
+  const uint64_t n_blocks = (m.rows + rows_per_block - 1) / rows_per_block;
+  const float a = m.gain * std::sqrt(3.0f / static_cast<float>(m.cols));
+  const uint64_t key = TensorKey(seed, m.id);
+  std::mutex mu;
+  absl::Status first_error;
+  std::atomic<bool> failed{false};
+  pool.ParallelFor(n_blocks, 1, [&](size_t b0, size_t b1) {
+    std::vector<float> v;
+    for (size_t b = b0; b < b1 && !failed.load(std::memory_order_relaxed); ++b) {
+      const uint64_t r0 = b * rows_per_block;
+      const uint64_t r1 = std::min(m.rows, r0 + rows_per_block);
+      const uint64_t first = r0 * m.cols;
+      v.resize((r1 - r0) * m.cols);
+      for (size_t i = 0; i < v.size(); ++i) v[i] = a * UniformAt(key, first + i);
+      absl::Status s = [&]() -> absl::Status {
+        ASSIGN_OR_RETURN(const std::string bytes, QuantizeFromF32(m.type, v.data(), v.size()));
+        return sink.Write(r0 * row_bytes, bytes);
+      }();
+      if (!s.ok()) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (first_error.ok()) first_error = std::move(s);
+        failed.store(true, std::memory_order_relaxed);
+      }
+    }
+  });
+  return first_error;
 }
 
 void WriteVocab(const Vocab& v, GgufWriter& w) {
@@ -58,6 +124,10 @@ absl::Status WriteRandomLlama(const RandomModelSpec& s, const std::string& path)
       s.n_ctx <= 0) {
     return absl::InvalidArgumentError("model dimensions must be positive");
   }
+  if (s.n_vocab != 0 && s.n_vocab < kDemoVocabSize) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "n_vocab (", s.n_vocab, ") must be 0 (the demo vocabulary) or at least ", kDemoVocabSize));
+  }
   if (s.n_embd % s.n_head != 0 || s.n_head % s.n_head_kv != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "n_embd (", s.n_embd, ") must divide by n_head (", s.n_head,
@@ -76,7 +146,7 @@ absl::Status WriteRandomLlama(const RandomModelSpec& s, const std::string& path)
         TypeName(s.weight_type)));
   }
 
-  const Vocab vocab = MakeDemoVocab();
+  const Vocab vocab = MakeDemoVocab(s.n_vocab);
   const int n_vocab = static_cast<int>(vocab.tokens.size());
   GgufWriter w;
   w.AddString("general.architecture", "llama");
@@ -99,18 +169,17 @@ absl::Status WriteRandomLlama(const RandomModelSpec& s, const std::string& path)
   w.AddFloat32("llama.attention.layer_norm_rms_epsilon", s.rms_eps);
   WriteVocab(vocab, w);
 
+  // Matrices are declared here and generated while the file is written
+  // (keyed by their index in the writer); the small norm vectors are built
+  // in memory. Generator ids count every random tensor in file order.
   uint64_t tensor_id = 0;
-  // A matrix of `rows` x `cols` with entries uniform in +-sqrt(3 / cols), so
-  // a unit-RMS input gives unit-variance outputs.
+  absl::flat_hash_map<size_t, MatrixGen> matrices;
   auto matrix = [&](const std::string& name, int rows, int cols, GgmlType type,
                     float gain) -> absl::Status {
-    const uint64_t id = ++tensor_id;
-    std::vector<float> v(static_cast<size_t>(rows) * cols);
-    const float a = gain * std::sqrt(3.0f / static_cast<float>(cols));
-    for (size_t i = 0; i < v.size(); ++i) v[i] = a * Uniform(s.seed, id, i);
-    ASSIGN_OR_RETURN(std::string bytes, QuantizeFromF32(type, v.data(), v.size()));
-    return w.AddTensor(name, type, {static_cast<uint64_t>(cols), static_cast<uint64_t>(rows)},
-                       std::move(bytes));
+    const MatrixGen m{++tensor_id, static_cast<uint64_t>(rows), static_cast<uint64_t>(cols), type,
+                      gain};
+    matrices.emplace(w.tensor_count(), m);
+    return w.AddTensorInfo(name, type, {m.cols, m.rows});
   };
   auto norm = [&](const std::string& name, int n) -> absl::Status {
     const uint64_t id = ++tensor_id;
@@ -147,8 +216,48 @@ absl::Status WriteRandomLlama(const RandomModelSpec& s, const std::string& path)
   if (!s.tied_output) {
     RETURN_IF_ERROR(matrix("output.weight", n_vocab, s.n_embd, s.weight_type, 4.0f));
   }
-  return w.WriteFile(path);
+
+  ThreadPool pool(s.threads);
+  return w.WriteFileStreaming(path, [&](size_t index, GgufTensorSink& sink) -> absl::Status {
+    const auto it = matrices.find(index);
+    if (it == matrices.end()) {
+      return absl::InternalError(absl::StrCat("WriteRandomLlama: no generator for tensor ", index));
+    }
+    return FillMatrix(it->second, s.seed, pool, sink);
+  });
 }
+
+absl::StatusOr<RandomModelSpec> RandomModelPreset(std::string_view name) {
+  RandomModelSpec s;
+  s.rope_freq_base = 10000.0f;
+  s.rms_eps = 1e-5f;
+  s.n_vocab = 32000;
+  if (name == "tinyllama-1.1b") {
+    s.name = "tinyllama-1.1b shape (random weights)";
+    s.n_embd = 2048;
+    s.n_layer = 22;
+    s.n_head = 32;
+    s.n_head_kv = 4;
+    s.n_ff = 5632;
+    s.n_ctx = 2048;
+    return s;
+  }
+  if (name == "llama2-7b") {
+    s.name = "llama2-7b shape (random weights)";
+    s.n_embd = 4096;
+    s.n_layer = 32;
+    s.n_head = 32;
+    s.n_head_kv = 32;
+    s.n_ff = 11008;
+    s.n_ctx = 4096;
+    return s;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown preset '", Sv(name),
+                   "' (known: ", absl::StrJoin(RandomModelPresetNames(), ", "), ")"));
+}
+
+std::vector<std::string> RandomModelPresetNames() { return {"tinyllama-1.1b", "llama2-7b"}; }
 
 std::string CacheDir() {
   if (const char* d = std::getenv("M40LLM_CACHE_DIR"); d && *d) return d;

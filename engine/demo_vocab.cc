@@ -1,18 +1,26 @@
 // Builds the demo vocabulary: special and byte tokens, single characters,
 // then prefix chains of common English words ("▁t", "▁th", "▁the") and
-// frequent letter groups, padded with letter pairs to kDemoVocabSize tokens.
+// frequent letter groups, padded with letter pairs to kDemoVocabSize tokens,
+// then optionally with "<extra_ID>" filler tokens to a larger size.
 #include "engine/demo_vocab.h"
 
+#include <algorithm>
 #include <string>
 #include <string_view>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
 namespace m40llm {
 namespace {
 
 constexpr std::string_view kMarker = "\xE2\x96\x81";  // U+2581, a word start
+
+// Score of the first filler token (the next ones count down from it); the
+// demo pieces score 0 down to about -kDemoVocabSize. Every score stays an
+// exact float up to about 15 million tokens.
+constexpr float kFillerScore = -1.0e6f;
 
 // Common English words, most frequent first; each contributes the chain of
 // its "▁"-prefixed prefixes.
@@ -73,7 +81,7 @@ class Builder {
 
 }  // namespace
 
-Vocab MakeDemoVocab() {
+Vocab MakeDemoVocab(int n_tokens) {
   Vocab v;
   v.model = "llama";
   v.pre = "default";
@@ -100,6 +108,17 @@ Vocab MakeDemoVocab() {
     for (const char* c = "eaiou"; *c != '\0' && !b.full(); ++c) {
       b.AddPiece(std::string{a, *c});
     }
+  }
+  // Filler: its text contains '<', '_' and digits in an order that no chain
+  // of demo pieces builds, so SentencePiece merging never reaches it.
+  const size_t want = static_cast<size_t>(std::max(n_tokens, kDemoVocabSize));
+  v.tokens.reserve(want);
+  v.scores.reserve(want);
+  v.token_type.reserve(want);
+  for (size_t id = v.tokens.size(); id < want; ++id) {
+    v.tokens.push_back(absl::StrCat("<extra_", id, ">"));
+    v.scores.push_back(kFillerScore - static_cast<float>(id - kDemoVocabSize));
+    v.token_type.push_back(static_cast<int32_t>(TokenType::kNormal));
   }
   return v;
 }

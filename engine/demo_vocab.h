@@ -17,6 +17,12 @@ inline constexpr int kDemoVocabSize = 512;
 // reachable by pairwise merges, scored so that earlier (more common) pieces
 // merge first. Any UTF-8 (or arbitrary bytes) encodes, via byte fallback
 // where no piece fits. add_bos is set, add_eos is not.
-Vocab MakeDemoVocab();
+//
+// With `n_tokens` > kDemoVocabSize, ids kDemoVocabSize.. are filler so that
+// the vocabulary has a real model's size: normal tokens "<extra_ID>" (ID =
+// the token's id) scored far below every demo piece. No merge of demo pieces
+// forms them, so text tokenizes exactly as with the plain demo vocabulary.
+// `n_tokens` below kDemoVocabSize is treated as kDemoVocabSize.
+Vocab MakeDemoVocab(int n_tokens = kDemoVocabSize);
 
 }  // namespace m40llm

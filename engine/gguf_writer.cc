@@ -1,10 +1,15 @@
-// GGUF v3 writer: every field is appended little-endian to a byte string; the
-// layout mirrors what engine/gguf.cc reads back.
+// GGUF v3 writer: every header field is appended little-endian to a byte
+// string; the layout mirrors what engine/gguf.cc reads back. Files are
+// written with pwrite at offsets from one ComputeLayout(), so that streamed
+// tensors may be written in any order and from several threads.
 #include "engine/gguf_writer.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <bit>
 #include <cerrno>
-#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <utility>
@@ -31,6 +36,23 @@ void Append(std::string* out, T v) {
 void AppendString(std::string* out, std::string_view s) {
   Append<uint64_t>(out, s.size());
   out->append(s);
+}
+
+// Writes all of `bytes` at `offset`, resuming after short writes.
+absl::Status PwriteAll(int fd, std::string_view path, std::string_view bytes, uint64_t offset) {
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n =
+        ::pwrite(fd, bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      return absl::InternalError(absl::StrCat(Sv(path), ": write of ", bytes.size(),
+                                              " bytes at offset ", offset, " failed after ", done,
+                                              ": ", n < 0 ? std::strerror(errno) : "no progress"));
+    }
+    done += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
 }
 
 bool ValidAlignment(uint32_t a) { return a != 0 && (a & (a - 1)) == 0; }
@@ -151,9 +173,8 @@ void GgufWriter::AddRawArray(std::string_view key, GgufValueType elem_type,
       EncodeArray(elem_type, count, encoded_elements));
 }
 
-absl::Status GgufWriter::AddTensor(std::string_view name, GgmlType type,
-                                   std::vector<uint64_t> dims,
-                                   std::string data) {
+absl::StatusOr<uint64_t> GgufWriter::CheckTensor(std::string_view name, GgmlType type,
+                                                 const std::vector<uint64_t>& dims) const {
   const auto fail = [&](std::string_view why) {
     return absl::InvalidArgumentError(
         absl::StrCat("GgufWriter: tensor '", Sv(name), "': ", Sv(why)));
@@ -186,23 +207,38 @@ absl::Status GgufWriter::AddTensor(std::string_view name, GgmlType type,
                              Sv(traits->name), " block size ",
                              traits->block_elems));
   }
-  uint64_t want = 0;
-  if (__builtin_mul_overflow(n / traits->block_elems, traits->block_bytes,
-                             &want)) {
+  uint64_t bytes = 0;
+  if (__builtin_mul_overflow(n / traits->block_elems, traits->block_bytes, &bytes)) {
     return fail("byte size overflows");
   }
+  return bytes;
+}
+
+absl::Status GgufWriter::AddTensor(std::string_view name, GgmlType type, std::vector<uint64_t> dims,
+                                   std::string data) {
+  ASSIGN_OR_RETURN(const uint64_t want, CheckTensor(name, type, dims));
   if (data.size() != want) {
-    return fail(absl::StrCat("data has ", data.size(), " bytes, ",
-                             Sv(traits->name), " of ", n, " elements needs ",
-                             want));
+    const auto traits = TypeTraits(static_cast<uint32_t>(type));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "GgufWriter: tensor '", Sv(name), "': data has ", data.size(), " bytes, ", Sv(traits->name),
+        " of ", want / traits->block_bytes * traits->block_elems, " elements needs ", want));
   }
-  tensors_.push_back(
-      Tensor{std::string(name), type, std::move(dims), std::move(data)});
+  tensors_.push_back(Tensor{std::string(name), type, std::move(dims), want,
+                            /*streamed=*/false, std::move(data)});
   return absl::OkStatus();
 }
 
-std::string GgufWriter::Serialize() const {
-  std::string out;
+absl::Status GgufWriter::AddTensorInfo(std::string_view name, GgmlType type,
+                                       std::vector<uint64_t> dims) {
+  ASSIGN_OR_RETURN(const uint64_t n_bytes, CheckTensor(name, type, dims));
+  tensors_.push_back(Tensor{std::string(name), type, std::move(dims), n_bytes,
+                            /*streamed=*/true, std::string()});
+  return absl::OkStatus();
+}
+
+GgufWriter::Layout GgufWriter::ComputeLayout() const {
+  Layout l;
+  std::string& out = l.header;
   out.append("GGUF", 4);
   Append<uint32_t>(&out, kVersion);
   Append<uint64_t>(&out, tensors_.size());
@@ -212,44 +248,109 @@ std::string GgufWriter::Serialize() const {
     Append<uint32_t>(&out, static_cast<uint32_t>(kv.type));
     out.append(kv.encoded);
   }
-  // Offsets are relative to the data section; each tensor starts aligned.
+  // Offsets in the file are relative to the data section; each tensor
+  // starts aligned.
   uint64_t rel = 0;
+  std::vector<uint64_t> rels;
+  rels.reserve(tensors_.size());
   for (const Tensor& t : tensors_) {
     AppendString(&out, t.name);
     Append<uint32_t>(&out, static_cast<uint32_t>(t.dims.size()));
     for (uint64_t d : t.dims) Append<uint64_t>(&out, d);
     Append<uint32_t>(&out, static_cast<uint32_t>(t.type));
     Append<uint64_t>(&out, rel);
-    rel += t.data.size() + PadTo(t.data.size(), alignment_);
+    rels.push_back(rel);
+    rel += t.n_bytes + PadTo(t.n_bytes, alignment_);
   }
   out.append(PadTo(out.size(), alignment_), '\0');
+  l.data_offsets.reserve(rels.size());
+  for (uint64_t r : rels) l.data_offsets.push_back(out.size() + r);
+  l.file_size = out.size() + rel;
+  return l;
+}
+
+std::string GgufWriter::Serialize() const {
+  Layout l = ComputeLayout();
+  std::string out = std::move(l.header);
   for (const Tensor& t : tensors_) {
-    out.append(t.data);
-    out.append(PadTo(t.data.size(), alignment_), '\0');
+    if (t.streamed) {
+      out.append(t.n_bytes, '\0');
+    } else {
+      out.append(t.data);
+    }
+    out.append(PadTo(t.n_bytes, alignment_), '\0');
   }
   return out;
 }
 
 absl::Status GgufWriter::WriteFile(const std::string& path) const {
+  return WriteFileStreaming(path, nullptr);
+}
+
+absl::Status GgufTensorSink::Write(uint64_t offset, std::string_view bytes) {
+  if (offset > size_ || bytes.size() > size_ - offset) {
+    return absl::OutOfRangeError(absl::StrCat(Sv(path_), ": tensor write of ", bytes.size(),
+                                              " bytes at ", offset, " runs past its ", size_,
+                                              " bytes"));
+  }
+  RETURN_IF_ERROR(PwriteAll(fd_, path_, bytes, file_offset_ + offset));
+  written_.fetch_add(bytes.size(), std::memory_order_relaxed);
+  return absl::OkStatus();
+}
+
+absl::Status GgufWriter::WriteFileStreaming(const std::string& path,
+                                            const GgufTensorFill& fill) const {
   if (!ValidAlignment(alignment_)) {
     return absl::InvalidArgumentError(absl::StrCat(
         path, ": alignment ", alignment_, " is not a power of two"));
   }
-  const std::string bytes = Serialize();
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  if (f == nullptr) {
+  if (!fill) {
+    for (const Tensor& t : tensors_) {
+      if (t.streamed) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            path, ": tensor '", t.name, "' has no data and no fill callback was given"));
+      }
+    }
+  }
+  const Layout l = ComputeLayout();
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
     return absl::InternalError(
         absl::StrCat(path, ": cannot create: ", std::strerror(errno)));
   }
-  const size_t written = std::fwrite(bytes.data(), 1, bytes.size(), f);
-  const int write_errno = errno;
-  if (std::fclose(f) != 0 || written != bytes.size()) {
-    return absl::InternalError(absl::StrCat(
-        path, ": write failed after ", written, " of ", bytes.size(),
-        " bytes: ",
-        std::strerror(written != bytes.size() ? write_errno : errno)));
-  }
-  return absl::OkStatus();
+  // Only a regular file is sized up front and removed on failure: `path`
+  // may also be a device such as /dev/null.
+  struct stat st;
+  const bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+  const absl::Status s = [&]() -> absl::Status {
+    // Sizing the file first leaves every padding gap reading as zeros.
+    if (regular && ::ftruncate(fd, static_cast<off_t>(l.file_size)) != 0) {
+      return absl::InternalError(
+          absl::StrCat(path, ": cannot size to ", l.file_size, " bytes: ", std::strerror(errno)));
+    }
+    RETURN_IF_ERROR(PwriteAll(fd, path, l.header, 0));
+    for (size_t i = 0; i < tensors_.size(); ++i) {
+      const Tensor& t = tensors_[i];
+      if (!t.streamed) {
+        RETURN_IF_ERROR(PwriteAll(fd, path, t.data, l.data_offsets[i]));
+        continue;
+      }
+      GgufTensorSink sink(fd, path, l.data_offsets[i], t.n_bytes);
+      RETURN_IF_ERROR(fill(i, sink));
+      const uint64_t written = sink.written_.load();
+      if (written != t.n_bytes) {
+        return absl::InternalError(absl::StrCat(path, ": tensor '", t.name, "' got ", written,
+                                                " bytes, it needs ", t.n_bytes));
+      }
+    }
+    return absl::OkStatus();
+  }();
+  const int close_rc = ::close(fd);
+  const int close_errno = errno;
+  if (s.ok() && close_rc == 0) return absl::OkStatus();
+  if (regular) ::unlink(path.c_str());
+  if (!s.ok()) return s;
+  return absl::InternalError(absl::StrCat(path, ": close failed: ", std::strerror(close_errno)));
 }
 
 }  // namespace m40llm

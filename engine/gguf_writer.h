@@ -1,9 +1,14 @@
-// GGUF v3 writer: builds a file in memory (metadata, tensor infos, aligned
-// tensor data) and serialises it. Used by `m40llm mkmodel` and by tests.
+// GGUF v3 writer: collects metadata and tensors, then writes the file
+// (header, tensor infos, aligned tensor data). Tensor data is either held in
+// memory (AddTensor) or produced while the file is written
+// (AddTensorInfo + WriteFileStreaming), so that multi-gigabyte models never
+// sit in memory. Used by `m40llm mkmodel` and by tests.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -11,10 +16,43 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "engine/ggml_types.h"
 #include "engine/gguf.h"
 
 namespace m40llm {
+
+// Receives one tensor's bytes while GgufWriter::WriteFileStreaming() runs.
+class GgufTensorSink {
+ public:
+  GgufTensorSink(const GgufTensorSink&) = delete;
+  GgufTensorSink& operator=(const GgufTensorSink&) = delete;
+
+  // Bytes the tensor's data holds (without the alignment padding).
+  uint64_t size() const { return size_; }
+
+  // Writes `bytes` at `offset` within the tensor's data. Safe to call from
+  // several threads at once; together the calls must cover [0, size())
+  // exactly once (the writer checks the total). Fails on a range past
+  // size() or an I/O error (naming the file).
+  [[nodiscard]] absl::Status Write(uint64_t offset, std::string_view bytes);
+
+ private:
+  friend class GgufWriter;
+  GgufTensorSink(int fd, std::string_view path, uint64_t file_offset, uint64_t size)
+      : fd_(fd), path_(path), file_offset_(file_offset), size_(size) {}
+
+  int fd_;
+  std::string_view path_;  // for messages
+  uint64_t file_offset_;   // where the tensor's data starts in the file
+  uint64_t size_;
+  std::atomic<uint64_t> written_{0};
+};
+
+// Produces the data of tensor `index` (in the order tensors were added) by
+// calling sink.Write(); may fan the work out over threads, and must return
+// only once every write has finished.
+using GgufTensorFill = std::function<absl::Status(size_t index, GgufTensorSink& sink)>;
 
 class GgufWriter {
  public:
@@ -54,6 +92,12 @@ class GgufWriter {
   // multiple of the type's block size, or a wrong data size.
   absl::Status AddTensor(std::string_view name, GgmlType type,
                          std::vector<uint64_t> dims, std::string data);
+  // A tensor whose data WriteFileStreaming()'s fill callback supplies; the
+  // same checks as AddTensor() except for the data size.
+  absl::Status AddTensorInfo(std::string_view name, GgmlType type, std::vector<uint64_t> dims);
+
+  // Tensors added so far; the next one added gets this index.
+  size_t tensor_count() const { return tensors_.size(); }
 
   // Encoders for AddRawArray() payloads, all little-endian.
   // A scalar value (integer or floating point) as its raw bytes.
@@ -71,10 +115,19 @@ class GgufWriter {
                                  std::string_view encoded_elements);
 
   // The whole file: header, metadata, tensor infos, padding to the
-  // alignment, then each tensor's data padded to the alignment.
+  // alignment, then each tensor's data padded to the alignment. Tensors
+  // added by AddTensorInfo() are written as zeros.
   std::string Serialize() const;
-  // Serialize() written to `path` (replaced if it exists).
+  // Serialize()'s bytes written to `path` (replaced if it exists). Fails if
+  // a tensor was added by AddTensorInfo().
   absl::Status WriteFile(const std::string& path) const;
+  // Writes the same layout as Serialize() to `path` (replaced if it exists)
+  // without holding tensor data: the header first, then, tensor by tensor in
+  // order, AddTensor() data as given and fill(index, sink) for each
+  // AddTensorInfo() tensor. `fill` may be empty when there are none. On any
+  // error a partial regular file is removed (`path` may also name a device
+  // such as /dev/null, which is left alone).
+  absl::Status WriteFileStreaming(const std::string& path, const GgufTensorFill& fill) const;
 
  private:
   struct Kv {
@@ -86,9 +139,21 @@ class GgufWriter {
     std::string name;
     GgmlType type;
     std::vector<uint64_t> dims;
-    std::string data;
+    uint64_t n_bytes;
+    bool streamed;     // added by AddTensorInfo(): no data held
+    std::string data;  // n_bytes bytes unless streamed
+  };
+  // Where everything goes: the one place offsets and padding are computed.
+  struct Layout {
+    std::string header;                  // up to the data section, padded
+    std::vector<uint64_t> data_offsets;  // of each tensor, from the file start
+    uint64_t file_size = 0;              // including the last tensor's padding
   };
   void Put(std::string_view key, GgufValueType type, std::string encoded);
+  // Checks a new tensor's name and geometry; returns its data size in bytes.
+  absl::StatusOr<uint64_t> CheckTensor(std::string_view name, GgmlType type,
+                                       const std::vector<uint64_t>& dims) const;
+  Layout ComputeLayout() const;
 
   uint32_t alignment_;
   std::vector<Kv> kv_;

@@ -37,6 +37,27 @@ def unit(binary):
             "--n-head", "4", "--n-head-kv", "2", "--n-ff", "128", "--seed", "3")
         assert open(model, "rb").read() == open(model2, "rb").read(), "mkmodel is not deterministic"
 
+        # A preset with explicit shape flags overriding it; the thread count
+        # does not change the bytes; the padded vocabulary tokenizes as before.
+        cut = ["--preset", "tinyllama-1.1b", "--n-layer", "1", "--n-embd", "256", "--n-ff",
+               "512", "--type", "q8_0"]
+        preset1 = os.path.join(d, "p1.gguf")
+        preset2 = os.path.join(d, "p2.gguf")
+        run(binary, "mkmodel", "-o", preset1, *cut, "--threads", "1")
+        run(binary, "mkmodel", "-o", preset2, *cut, "--threads", "2")
+        assert open(preset1, "rb").read() == open(preset2, "rb").read(), "bytes depend on --threads"
+        info = run(binary, "info", "-m", preset1).stdout
+        for want in ("n_vocab 32000", "n_embd 256", "n_layer 1", "n_head 32", "n_head_kv 4",
+                     "n_ff 512", "context 2048"):
+            assert want in info, (want, info)
+        os.remove(preset2)
+        tok_small = run(binary, "tokenize", "-m", model, "--text", "the model", "--json").stdout
+        tok_big = run(binary, "tokenize", "-m", preset1, "--text", "the model", "--json").stdout
+        assert tok_small == tok_big, (tok_small, tok_big)
+        bad = run(binary, "mkmodel", "-o", os.path.join(d, "x.gguf"), "--preset", "gpt5",
+                  check=False)
+        assert bad.returncode != 0 and "tinyllama-1.1b" in bad.stderr, bad.stderr
+
         tok = json.loads(run(binary, "tokenize", "-m", model, "--text", "hello world",
                              "--json").stdout)
         assert isinstance(tok["tokens"], list) and len(tok["tokens"]) >= 2, tok

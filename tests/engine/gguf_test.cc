@@ -1,7 +1,10 @@
 // GGUF writer -> reader round trips (every metadata type, nested arrays,
 // tensors of several types, custom alignment, v2 and vocab-only files), the
-// writer's own validation, and the typed getters' errors.
+// streamed write path against the in-memory one, the writer's own
+// validation, and the typed getters' errors.
 #include "engine/gguf.h"
+
+#include <sys/stat.h>
 
 #include <cmath>
 #include <cstdint>
@@ -9,6 +12,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -467,6 +471,129 @@ TEST(GgufRoundTrip, WriteFileThenOpenMapsTheSameFile) {
   p.file = std::move(*f);
   CheckTensors(p, 64);
   EXPECT_EQ(testing::ReadFileOrFail(path), w.Serialize());
+}
+
+// The same tensors as SeveralTensors(), every other one declared with
+// AddTensorInfo() and streamed; the fill writes each in reverse-order pieces
+// from two threads.
+class GgufStreamingTest : public ::testing::TestWithParam<uint32_t> {};
+
+TEST_P(GgufStreamingTest, StreamedFileEqualsSerialize) {
+  const uint32_t alignment = GetParam();
+  GgufWriter in_memory(alignment), streamed(alignment);
+  const auto& specs = SeveralTensors();
+  std::vector<std::string> data;
+  for (GgufWriter* w : {&in_memory, &streamed}) w->AddString("general.name", "streamed");
+  for (size_t k = 0; k < specs.size(); ++k) {
+    const TensorSpec& t = specs[k];
+    data.push_back(Pattern(t.n_bytes, static_cast<uint8_t>(k + 1)));
+    ASSERT_TRUE(in_memory.AddTensor(t.name, t.type, t.dims, data[k]).ok());
+    ASSERT_EQ(streamed.tensor_count(), k);
+    const absl::Status s = k % 2 == 0 ? streamed.AddTensor(t.name, t.type, t.dims, data[k])
+                                      : streamed.AddTensorInfo(t.name, t.type, t.dims);
+    ASSERT_TRUE(s.ok()) << s;
+  }
+  std::vector<size_t> filled;
+  const std::string path = testing::TempDir() + "/streamed.gguf";
+  const absl::Status s = streamed.WriteFileStreaming(path, [&](size_t index, GgufTensorSink& sink) {
+    filled.push_back(index);
+    EXPECT_EQ(sink.size(), specs[index].n_bytes);
+    const std::string& d = data[index];
+    // Pieces of 3 bytes, last piece first, alternating threads.
+    std::vector<std::thread> threads;
+    std::vector<absl::Status> results((d.size() + 2) / 3);
+    for (size_t piece = results.size(); piece-- > 0;) {
+      threads.emplace_back([&, piece] {
+        const size_t off = piece * 3;
+        results[piece] = sink.Write(off, std::string_view(d).substr(off, 3));
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    for (const absl::Status& r : results) {
+      if (!r.ok()) return r;
+    }
+    return absl::OkStatus();
+  });
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_THAT(filled, ElementsAre(1, 3, 5, 7)) << "fill runs for streamed tensors, in order";
+  const std::string want = in_memory.Serialize();
+  EXPECT_EQ(testing::ReadFileOrFail(path), want);
+  // Serialize() of the streaming writer has the same layout, zeros for data.
+  const std::string layout_only = streamed.Serialize();
+  ASSERT_EQ(layout_only.size(), want.size());
+  auto p = ParseBytes(layout_only);
+  ASSERT_TRUE(p.ok()) << p.status();
+  for (size_t k = 0; k < specs.size(); ++k) {
+    const std::string got = AsString(p->file->TensorData(p->file->tensors()[k]));
+    EXPECT_EQ(got, k % 2 == 0 ? data[k] : std::string(specs[k].n_bytes, '\0')) << k;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Alignments, GgufStreamingTest, ::testing::Values(1u, 32u, 4096u));
+
+TEST(GgufStreaming, ShortFillFailsAndRemovesTheFile) {
+  GgufWriter w;
+  ASSERT_TRUE(w.AddTensorInfo("t", GgmlType::kF32, {8}).ok());
+  const std::string path = testing::TempDir() + "/short.gguf";
+  const absl::Status s = w.WriteFileStreaming(
+      path, [](size_t, GgufTensorSink& sink) { return sink.Write(0, std::string(16, 'x')); });
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.message()), HasSubstr("tensor 't' got 16 bytes, it needs 32"));
+  struct stat st;
+  EXPECT_NE(::stat(path.c_str(), &st), 0) << "the partial file was left behind";
+}
+
+TEST(GgufStreaming, WritePastTheTensorFailsAndFillErrorsPropagate) {
+  GgufWriter w;
+  ASSERT_TRUE(w.AddTensorInfo("t", GgmlType::kF16, {4}).ok());
+  const std::string path = testing::TempDir() + "/past.gguf";
+  absl::Status write_status;
+  const absl::Status s = w.WriteFileStreaming(path, [&](size_t, GgufTensorSink& sink) {
+    write_status = sink.Write(7, "ab");
+    return write_status;
+  });
+  EXPECT_EQ(write_status.code(), absl::StatusCode::kOutOfRange);
+  EXPECT_THAT(std::string(write_status.message()), HasSubstr("2 bytes at 7 runs past its 8"));
+  EXPECT_EQ(s, write_status);
+  const absl::Status custom = w.WriteFileStreaming(
+      path, [](size_t, GgufTensorSink&) { return absl::CancelledError("stop here"); });
+  EXPECT_EQ(custom, absl::CancelledError("stop here"));
+}
+
+TEST(GgufStreaming, DevicesAreWrittenNotSizedOrRemoved) {
+  GgufWriter w;
+  ASSERT_TRUE(w.AddTensorInfo("t", GgmlType::kF32, {8}).ok());
+  const absl::Status s = w.WriteFileStreaming("/dev/null", [](size_t, GgufTensorSink& sink) {
+    return sink.Write(0, std::string(32, 'x'));
+  });
+  EXPECT_TRUE(s.ok()) << s;
+}
+
+TEST(GgufStreaming, TensorsWithoutDataNeedAFill) {
+  GgufWriter w;
+  ASSERT_TRUE(w.AddTensorInfo("later", GgmlType::kQ8_0, {32, 2}).ok());
+  const std::string path = testing::TempDir() + "/nofill.gguf";
+  for (const absl::Status& s : {w.WriteFile(path), w.WriteFileStreaming(path, nullptr)}) {
+    ASSERT_FALSE(s.ok());
+    EXPECT_THAT(std::string(s.message()), HasSubstr("tensor 'later' has no data"));
+  }
+}
+
+TEST(GgufStreaming, AddTensorInfoValidatesLikeAddTensor) {
+  GgufWriter w;
+  auto err = [](const absl::Status& s) { return std::string(s.message()); };
+  ASSERT_TRUE(w.AddTensor("a", GgmlType::kF32, {1}, std::string(4, '\0')).ok());
+  EXPECT_THAT(err(w.AddTensorInfo("a", GgmlType::kF32, {1})),
+              HasSubstr("tensor 'a': duplicate tensor name"));
+  ASSERT_TRUE(w.AddTensorInfo("b", GgmlType::kQ4_K, {256, 3}).ok());
+  EXPECT_THAT(err(w.AddTensor("b", GgmlType::kF32, {1}, std::string(4, '\0'))),
+              HasSubstr("tensor 'b': duplicate tensor name"));
+  EXPECT_THAT(err(w.AddTensorInfo("c", GgmlType::kQ4_K, {128})),
+              HasSubstr("ne0=128 is not a multiple of the Q4_K block size 256"));
+  EXPECT_THAT(err(w.AddTensorInfo("d", GgmlType::kF32, {4, 0})), HasSubstr("dimension 1 is zero"));
+  EXPECT_EQ(w.tensor_count(), 2u);
+  GgufWriter bad(3);
+  EXPECT_THAT(err(bad.AddTensorInfo("t", GgmlType::kF32, {1})), HasSubstr("not a power of two"));
 }
 
 TEST(GgufRoundTrip, OpenMissingFileNamesThePath) {

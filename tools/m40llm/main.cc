@@ -7,6 +7,7 @@
 #include <iostream>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "CLI/CLI.hpp"
@@ -277,7 +278,12 @@ int RunTokenize(TokenizeOpts& o) {
 struct MkmodelOpts {
   std::string out;
   std::string type = "f16";
+  std::string preset;
   RandomModelSpec spec;
+  // The flags a preset sets, so that ones given explicitly override it.
+  std::vector<std::pair<CLI::Option*, int RandomModelSpec::*>> shape_flags;
+  CLI::Option* name_flag = nullptr;
+  CLI::Option* rope_base_flag = nullptr;
 };
 
 int RunMkmodel(MkmodelOpts& o) {
@@ -290,9 +296,21 @@ int RunMkmodel(MkmodelOpts& o) {
     }
   }
   if (!found) return Fail(absl::InvalidArgumentError(absl::StrCat("unknown type '", o.type, "'")));
+  if (!o.preset.empty()) {
+    // The preset replaces the shape and name; flags given explicitly win.
+    auto p = RandomModelPreset(o.preset);
+    if (!p.ok()) return Fail(p.status());
+    for (const auto& [opt, field] : o.shape_flags) {
+      if (opt->count() == 0) o.spec.*field = (*p).*field;
+    }
+    if (o.name_flag->count() == 0) o.spec.name = p->name;
+    if (o.rope_base_flag->count() == 0) o.spec.rope_freq_base = p->rope_freq_base;
+    o.spec.rms_eps = p->rms_eps;
+  }
+  const auto start = Clock::now();
   if (auto s = WriteRandomLlama(o.spec, o.out); !s.ok()) return Fail(s);
-  std::fprintf(stderr, "wrote %s (random weights: generated text will be gibberish)\n",
-               o.out.c_str());
+  std::fprintf(stderr, "wrote %s in %.1f s (random weights: generated text will be gibberish)\n",
+               o.out.c_str(), Seconds(start, Clock::now()));
   return 0;
 }
 
@@ -381,19 +399,41 @@ int Main(int argc, char** argv) {
   k->add_option("-o,--out", mk.out, "output path")->required();
   k->add_option("--type", mk.type, "matrix type: f32 f16 bf16 q4_0 q4_1 q5_0 q5_1 q8_0 q2_k..q6_k")
       ->capture_default_str();
-  k->add_option("--n-embd", mk.spec.n_embd)->capture_default_str();
-  k->add_option("--n-layer", mk.spec.n_layer)->capture_default_str();
-  k->add_option("--n-head", mk.spec.n_head)->capture_default_str();
-  k->add_option("--n-head-kv", mk.spec.n_head_kv)->capture_default_str();
-  k->add_option("--n-ff", mk.spec.n_ff)->capture_default_str();
-  k->add_option("--ctx", mk.spec.n_ctx, "context length")->capture_default_str();
-  k->add_option("--rope-base", mk.spec.rope_freq_base)->capture_default_str();
+  k->add_option("--preset", mk.preset,
+                "a real model's shape: tinyllama-1.1b (2048 embd, 22 layers, 32/4 heads, ff 5632, "
+                "ctx 2048) or llama2-7b (4096, 32, 32/32, ff 11008, ctx 4096), both with a "
+                "32000-token vocabulary; shape flags given too override it")
+      ->check(CLI::IsMember(RandomModelPresetNames()));
+  struct ShapeFlag {
+    const char* flag;
+    int RandomModelSpec::*field;
+    const char* help;
+  };
+  const ShapeFlag shape[] = {
+      {"--n-embd", &RandomModelSpec::n_embd, ""},
+      {"--n-layer", &RandomModelSpec::n_layer, ""},
+      {"--n-head", &RandomModelSpec::n_head, ""},
+      {"--n-head-kv", &RandomModelSpec::n_head_kv, ""},
+      {"--n-ff", &RandomModelSpec::n_ff, ""},
+      {"--ctx", &RandomModelSpec::n_ctx, "context length"},
+      {"--n-vocab", &RandomModelSpec::n_vocab,
+       "vocabulary size: 0 = the 512-token demo vocabulary; larger pads it with <extra_ID> "
+       "filler tokens"},
+  };
+  for (const ShapeFlag& f : shape) {
+    mk.shape_flags.emplace_back(
+        k->add_option(f.flag, mk.spec.*f.field, f.help)->capture_default_str(), f.field);
+  }
+  mk.rope_base_flag = k->add_option("--rope-base", mk.spec.rope_freq_base)->capture_default_str();
   k->add_option("--rope-scale", mk.spec.rope_scale_linear, "linear RoPE scaling factor")
       ->capture_default_str();
   k->add_flag("--rope-freqs", mk.spec.rope_freqs, "write Llama 3 style rope_freqs.weight");
   k->add_flag("--tied", mk.spec.tied_output, "no output.weight (tied to the embedding)");
   k->add_option("--seed", mk.spec.seed)->capture_default_str();
-  k->add_option("--name", mk.spec.name)->capture_default_str();
+  mk.name_flag = k->add_option("--name", mk.spec.name)->capture_default_str();
+  k->add_option("-t,--threads", mk.spec.threads,
+                "threads generating the weights (default: all cores; the file does not depend "
+                "on it)");
 
   std::string info_model;
   auto* in = app.add_subcommand("info", "print a GGUF file's model configuration");
