@@ -1,0 +1,62 @@
+// Decode attention over the FP16 KV cache: one query token per sequence,
+// causal by construction (a sequence attends to the positions it has filled).
+//
+// Cache layout as in kv_cache.cuh: one layer's base pointer,
+// (max_slots, n_head_kv, ctx_per_slot, head_dim) FP16 bits.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+
+namespace m40llm::gpu {
+
+// head_dim must be a multiple of this, in [kAttentionHeadDimAlign,
+// kAttentionMaxHeadDim]: each lane reads 8 halves (16 bytes) of a K or V row.
+inline constexpr int kAttentionHeadDimAlign = 8;
+inline constexpr int kAttentionMaxHeadDim = 256;
+
+// Bytes of scratch LaunchDecodeAttention can use for the split-sequence path,
+// for calls with up to max_seqs sequences of this model shape and cache. Zero
+// when no context that long is ever split; allocate once and pass it to every
+// call. A smaller (or null) workspace still works: long contexts then get
+// fewer splits, down to one pass per (sequence, head) with no scratch.
+size_t DecodeAttentionWorkspaceBytes(int max_seqs, int n_head, int head_dim, int ctx_per_slot);
+
+// out[s, h, :] = softmax_j(q[s, h, :] . K[j, :] / sqrt(head_dim)) V[j, :] over
+// the positions j in [0, lengths[s]) of slot slots[s], with K and V the rows
+// of kv head h / (n_head / n_head_kv) (grouped-query attention; MQA and MHA
+// are the n_head_kv == 1 and == n_head cases). Scores, softmax and sums in
+// FP32; K and V are widened from FP16 exactly, as the CPU engine reads them.
+//
+// q: (n_seq, n_head, head_dim) FP32, device.
+// slots, lengths: (n_seq) int32, device. Lengths count positions already
+//   appended (length = position of the query token + 1). These are not
+//   readable here: a sequence whose slot is outside [0, max_slots) or whose
+//   length is outside [1, max_len] gets NaN outputs, and nothing outside its
+//   slot's filled positions is read.
+// max_len: a host-side upper bound of the lengths, 1 <= max_len <= ctx_per_slot;
+//   it decides how finely long contexts are split across blocks.
+// k_cache, v_cache: one layer, 16-byte aligned, device.
+// workspace: workspace_bytes of device scratch (4-byte aligned), or null/0.
+// out: (n_seq, n_head, head_dim) FP32, device; must not alias q or workspace.
+//
+// Constraints: n_head a multiple of n_head_kv; head_dim a multiple of 8 in
+// [8, 256]; n_seq <= 65535.
+//
+// Prefill (many query tokens of one sequence, causal): once the chunk's K and
+// V are appended, pass each query token as its own entry with its slot and
+// length position + 1. That is exact causal attention, but it reads the
+// sequence's K and V once per query token (through L2), not once per tile.
+[[nodiscard]] absl::Status LaunchDecodeAttention(const float* q, int n_seq, int n_head,
+                                                 const int32_t* slots, const int32_t* lengths,
+                                                 int max_len, int n_head_kv, int head_dim,
+                                                 const uint16_t* k_cache, const uint16_t* v_cache,
+                                                 int max_slots, int ctx_per_slot, void* workspace,
+                                                 size_t workspace_bytes, float* out,
+                                                 cudaStream_t stream);
+
+}  // namespace m40llm::gpu
