@@ -40,7 +40,9 @@ if [ ${#tests[@]} -eq 0 ]; then
 fi
 cp "${tests[@]}" "$pack/bin/"
 cp "$build_dir/tools/m40llm" "$pack/bin/"
-if [ -x "$build_dir/bench/m40llm_cpu_bench" ]; then cp "$build_dir/bench/m40llm_cpu_bench" "$pack/bin/"; fi
+for b in "$build_dir"/bench/m40llm_*bench; do
+  if [ -x "$b" ]; then cp "$b" "$pack/bin/"; fi
+done
 
 # Shared libraries outside the C/C++ runtime and the CUDA driver.
 system_lib='^(linux-vdso|ld-linux|libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|libcuda)\.'
@@ -52,8 +54,9 @@ done
 
 cat > "$pack/run.sh" <<'RUN'
 #!/usr/bin/env bash
-# Runs on the GPU machine: every GPU test, then compute-sanitizer memcheck on
-# them; logs and a summary under $OUT (default ./gpu-out).
+# Runs on the GPU machine: every GPU test, compute-sanitizer memcheck on them,
+# then the GPU kernel benchmark; logs, JSON and a summary under $OUT (default
+# ./gpu-out).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-$here/../gpu-out}
@@ -87,6 +90,10 @@ if [ -n "$cs" ]; then
   done
 else
   echo "compute-sanitizer not found: memcheck skipped"
+fi
+if [ -x "$here/bin/m40llm_cuda_kernel_bench" ]; then
+  "$here/bin/m40llm_cuda_kernel_bench" --json "$out/cuda_kernel_bench.json" |
+    tee "$out/cuda_kernel_bench.txt" || status=1
 fi
 exit $status
 RUN
