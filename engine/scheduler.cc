@@ -317,8 +317,10 @@ class SchedulerImpl final : public Scheduler {
       info.ttft_seconds = Secs(r.submitted, r.first_token);
       info.decode_seconds = Secs(r.first_token, r.last_token);
     }
-    r.obs->OnDone(status, info);
+    // Count it before the client can see the end, so a scrape after the
+    // stream closes always includes this request.
     if (metrics_) metrics_->RequestDone(StatusLabel(status, reason), info, Secs(r.submitted, now));
+    r.obs->OnDone(status, info);
     {
       std::lock_guard<std::mutex> lock(mu_);
       live_.erase(r.handle);

@@ -257,7 +257,9 @@ class InferenceApi(ServerTestCase):
                         ("m40llm_request_duration_seconds_count", 1),
                         ("m40llm_queue_time_seconds_count", 1)):
             self.assertEqual(m.get_value(name) - before.get_value(name), n, name)
-        self.assertEqual(m.get_value("m40llm_active_sequences"), 0)
+        # The slot frees when the decoder confirms the finish, just after the
+        # client's last message.
+        self.server.wait_metric("m40llm_active_sequences", lambda v: v == 0, timeout=5)
         self.assertGreater(after, 0)
 
 

@@ -71,8 +71,8 @@ class Concurrency(ServerTestCase):
         self.assertEqual(generated, sum(make_request(i).max_tokens for i in range(N)))
         self.assertEqual(after.get_value("m40llm_requests_total", status="ok")
                          - before.get_value("m40llm_requests_total", status="ok"), N)
-        self.assertEqual(after.get_value("m40llm_active_sequences"), 0)
-        self.assertEqual(after.get_value("m40llm_queue_depth"), 0)
+        self.server.wait_metric("m40llm_active_sequences", lambda v: v == 0, timeout=5)
+        self.server.wait_metric("m40llm_queue_depth", lambda v: v == 0, timeout=5)
 
 
 if __name__ == "__main__":
