@@ -5,8 +5,10 @@
 // kRowsPerWarp independent rows per warp for loads in flight. A block of
 // kWarps warps covers kWarps * kRowsPerWarp rows and kTok tokens; it stages
 // x for its kTok tokens in shared memory kChunk columns at a time, so shared
-// memory stays at 16 KiB whatever cols is. Each lane accumulates its columns
-// in FP32, then a warp butterfly sums the lanes.
+// memory stays at 16 KiB (32 KiB for 8-token tiles) whatever cols is. The
+// token tiles of one row block are adjacent blocks, so for more than 8 tokens
+// the weights come from DRAM once and from L2 for the other tiles. Each lane
+// accumulates its columns in FP32, then a warp butterfly sums the lanes.
 #include <cstdint>
 
 #include "cuda/cuda_check.h"
@@ -28,13 +30,23 @@ __device__ __forceinline__ int SwizzledPos(int w) {
   return (w & ~63) | ((w & 4) << 3) | (((w >> 3) & 7) << 2) | (w & 3);
 }
 
+// Register budget per thread, as blocks of 128 threads resident per SM
+// (64K registers): 4 (<= 128 registers) for token tiles of 4 and 8, 5 (<= 96)
+// for 2 and 6 (<= 80) for 1, so occupancy on the M40 does not hinge on the
+// compiler's scheduling whims.
+template <int kTok>
+constexpr int MinBlocksFor() {
+  return kTok >= 4 ? 4 : (kTok == 2 ? 5 : 6);
+}
+
 template <int kBlock, int kRowsPerWarp, int kTok, int kChunk, bool kVec16>
-__global__ void __launch_bounds__(kBlock)
+__global__ void __launch_bounds__(kBlock, MinBlocksFor<kTok>())
     MatVecF16Kernel(const uint16_t* __restrict__ w,  // (rows, ld) FP16
                     int64_t rows, int64_t cols, int64_t ld,
                     const float* __restrict__ x,  // (n_tok, cols)
                     int64_t n_tok,
-                    float* __restrict__ y) {  // (n_tok, rows)
+                    float* __restrict__ y,  // (n_tok, rows)
+                    int n_tiles, bool x_vec4) {
   static_assert(kBlock % kWarpSize == 0, "whole warps");
   static_assert(kChunk % 256 == 0, "a chunk is whole 256-column lane strides");
   constexpr int kWarps = kBlock / kWarpSize;
@@ -42,8 +54,12 @@ __global__ void __launch_bounds__(kBlock)
 
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
-  const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kRowsPerWarp;
-  const int64_t tok0 = static_cast<int64_t>(blockIdx.y) * kTok;
+  // The token tiles of one row block are consecutive blocks, so they run
+  // together and all but the first read the block's weights from L2.
+  const int64_t row_block = blockIdx.x / n_tiles;
+  const int tile = static_cast<int>(blockIdx.x % n_tiles);
+  const int64_t row0 = (row_block * kWarps + warp) * kRowsPerWarp;
+  const int64_t tok0 = static_cast<int64_t>(tile) * kTok;
   const bool warp_has_rows = row0 < rows;  // warp-uniform
 
   // Rows past the end alias the last row: their loads stay in bounds and
@@ -65,14 +81,37 @@ __global__ void __launch_bounds__(kBlock)
   for (int64_t c0 = 0; c0 < cols; c0 += kChunk) {
     const int n_c = static_cast<int>(cols - c0 < kChunk ? cols - c0 : kChunk);
     __syncthreads();  // every warp is done with the previous chunk
-    for (int idx = threadIdx.x; idx < kTok * kChunk; idx += kBlock) {
-      const int t = idx / kChunk;
-      const int c = idx % kChunk;
-      // Zeros past cols and past n_tok: the tail vector multiplies them by
-      // zero weights, and absent tokens accumulate zeros that are never stored.
-      float v = 0.0f;
-      if (c < n_c && tok0 + t < n_tok) v = x[(tok0 + t) * cols + c0 + c];
-      xs[t * kChunk + (kVec16 ? SwizzledPos(c) : c)] = v;
+    // Zeros past cols and past n_tok: the tail vector multiplies them by zero
+    // weights, and absent tokens accumulate zeros that are never stored.
+    if (kTok > 1 && x_vec4) {
+      // 16-byte loads; 4 consecutive columns stay consecutive under the swizzle.
+      // (One token keeps scalar staging: it is a small share of its work, and
+      // the vector path would cost the single-token kernel registers.)
+      constexpr int kQuads = kChunk / 4;
+      for (int idx = threadIdx.x; idx < kTok * kQuads; idx += kBlock) {
+        const int t = idx / kQuads;
+        const int c = (idx % kQuads) * 4;
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (tok0 + t < n_tok) {
+          const float* src = x + (tok0 + t) * cols + c0 + c;
+          if (c + 4 <= n_c) {
+            v = __ldg(reinterpret_cast<const float4*>(src));
+          } else {
+            if (c + 0 < n_c) v.x = __ldg(src + 0);
+            if (c + 1 < n_c) v.y = __ldg(src + 1);
+            if (c + 2 < n_c) v.z = __ldg(src + 2);
+          }
+        }
+        *reinterpret_cast<float4*>(&xs[t * kChunk + (kVec16 ? SwizzledPos(c) : c)]) = v;
+      }
+    } else {
+      for (int idx = threadIdx.x; idx < kTok * kChunk; idx += kBlock) {
+        const int t = idx / kChunk;
+        const int c = idx % kChunk;
+        float v = 0.0f;
+        if (c < n_c && tok0 + t < n_tok) v = x[(tok0 + t) * cols + c0 + c];
+        xs[t * kChunk + (kVec16 ? SwizzledPos(c) : c)] = v;
+      }
     }
     __syncthreads();
     if (!warp_has_rows) continue;
@@ -147,15 +186,24 @@ constexpr int kMatVecBlock = 128;
 constexpr int kMatVecRowsPerWarp = 4;
 constexpr int kMatVecRowsPerBlock = kMatVecBlock / kWarpSize * kMatVecRowsPerWarp;
 
-// Shared memory per block: kTok * kChunk floats = 16 KiB for every kTok.
+// Shared memory per block: kTok * kChunk floats, 16 KiB up to 4 tokens and
+// 32 KiB for 8 (4 lane strides a chunk, as for 4: fewer block barriers and
+// x stagings per weight byte).
+template <int kTok>
+constexpr int ChunkFor() {
+  return kTok == 8 ? 1024 : 4096 / kTok;
+}
+
 template <int kTok, bool kVec16>
 void Launch(const uint16_t* w, int64_t rows, int64_t cols, int64_t ld, const float* x,
             int64_t n_tok, float* y, cudaStream_t stream) {
-  constexpr int kChunk = 4096 / kTok;
-  const dim3 grid(static_cast<unsigned int>((rows + kMatVecRowsPerBlock - 1) / kMatVecRowsPerBlock),
-                  static_cast<unsigned int>((n_tok + kTok - 1) / kTok));
+  constexpr int kChunk = ChunkFor<kTok>();
+  const int64_t row_blocks = (rows + kMatVecRowsPerBlock - 1) / kMatVecRowsPerBlock;
+  const int n_tiles = static_cast<int>((n_tok + kTok - 1) / kTok);
+  const bool x_vec4 = cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  const dim3 grid(static_cast<unsigned int>(row_blocks * n_tiles));
   MatVecF16Kernel<kMatVecBlock, kMatVecRowsPerWarp, kTok, kChunk, kVec16>
-      <<<grid, kMatVecBlock, 0, stream>>>(w, rows, cols, ld, x, n_tok, y);
+      <<<grid, kMatVecBlock, 0, stream>>>(w, rows, cols, ld, x, n_tok, y, n_tiles, x_vec4);
 }
 
 template <bool kVec16>
@@ -185,7 +233,8 @@ absl::Status LaunchMatVecF16(const uint16_t* w, int64_t rows, int64_t cols, int6
     return absl::InvalidArgumentError("LaunchMatVecF16: null pointer");
   }
   if ((rows + kMatVecRowsPerBlock - 1) / kMatVecRowsPerBlock > INT32_MAX ||
-      (n_tok + 7) / 8 > 65535) {
+      (n_tok + 7) / 8 > 65535 ||
+      (rows + kMatVecRowsPerBlock - 1) / kMatVecRowsPerBlock * ((n_tok + 7) / 8) > INT32_MAX) {
     return absl::InvalidArgumentError("LaunchMatVecF16: shape exceeds the grid");
   }
   if (cols == 0) {
