@@ -17,6 +17,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "engine/status.h"
 #include "persistent/cpu_decode_loop.h"
@@ -64,11 +65,11 @@ size_t HeldSuffix(const std::string& text, const std::vector<std::string>& stops
   return best;
 }
 
-std::string StatusLabel(const absl::Status& s, StreamFinish reason) {
-  if (s.ok()) return reason == StreamFinish::kCancelled ? "cancelled" : "ok";
-  std::string name = absl::StatusCodeToString(s.code());
-  std::transform(name.begin(), name.end(), name.begin(), ::tolower);
-  return name;
+// A request that ended OK but cancelled (Cancel without a status) counts as
+// "cancelled", like one that ended with CANCELLED.
+std::string RequestLabel(const absl::Status& s, StreamFinish reason) {
+  if (s.ok() && reason == StreamFinish::kCancelled) return StatusLabel(absl::StatusCode::kCancelled);
+  return StatusLabel(s.code());
 }
 
 class SchedulerImpl final : public Scheduler {
@@ -319,7 +320,7 @@ class SchedulerImpl final : public Scheduler {
     }
     // Count it before the client can see the end, so a scrape after the
     // stream closes always includes this request.
-    if (metrics_) metrics_->RequestDone(StatusLabel(status, reason), info, Secs(r.submitted, now));
+    if (metrics_) metrics_->RequestDone(RequestLabel(status, reason), info, Secs(r.submitted, now));
     r.obs->OnDone(status, info);
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -608,6 +609,13 @@ class SchedulerImpl final : public Scheduler {
 };
 
 }  // namespace
+
+std::string StatusLabel(absl::StatusCode code) {
+  std::string name = absl::StatusCodeToString(code);
+  if (name.empty()) return "unknown";
+  absl::AsciiStrToLower(&name);
+  return name;
+}
 
 absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(Backend* backend,
                                                              const Tokenizer* tokenizer,

@@ -71,6 +71,11 @@ class StreamObserver {
   virtual void OnDone(const absl::Status& status, const FinalInfo& info) = 0;
 };
 
+// The status label of m40llm_requests_total for a status code: the code's
+// name in lower snake case ("ok", "deadline_exceeded", ...). The scheduler
+// and the server's front end both label requests with it.
+std::string StatusLabel(absl::StatusCode code);
+
 // Observability hooks; the server's Metrics implements them. Called from
 // scheduler threads; implementations must be thread-safe and cheap.
 class SchedulerMetrics {

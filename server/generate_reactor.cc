@@ -154,10 +154,11 @@ void GenerateReactor::OnCancel() {
     absl::MutexLock lock(&mu_);
     if (!stream_broken_) {
       stream_broken_ = true;
-      // gRPC fires the deadline on its own clock; deadline_ was converted to
-      // the steady clock a moment earlier, so allow a few ms of skew rather
-      // than count an expired deadline as a client's cancel.
-      cancel_status_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(5) >= deadline_
+      // A client whose deadline passes cancels the stream itself, and that
+      // cancel can reach us before our copy of the deadline (taken when the
+      // request arrived) expires. A cancel within 50 ms of the deadline is
+      // therefore taken as the deadline, not as the client's choice.
+      cancel_status_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(50) >= deadline_
                            ? absl::DeadlineExceededError("the client's deadline passed")
                            : absl::CancelledError("the client cancelled the call");
     }

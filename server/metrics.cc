@@ -59,13 +59,6 @@ absl::Status ParseListen(const std::string& listen, std::string* host) {
 
 }  // namespace
 
-std::string StatusLabel(absl::StatusCode code) {
-  std::string name = absl::StatusCodeToString(code);
-  if (name.empty()) return "unknown";
-  absl::AsciiStrToLower(&name);
-  return name;
-}
-
 Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {}
 
 Metrics::~Metrics() = default;

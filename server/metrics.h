@@ -59,10 +59,6 @@ struct MetricsOptions {
   std::string device;   // e.g. "Tesla M40 24GB"
 };
 
-// The label value m40llm_requests_total uses for a status code: the code's
-// name in lower snake case ("ok", "deadline_exceeded", ...).
-std::string StatusLabel(absl::StatusCode code);
-
 // Owns the Prometheus registry and every m40llm_* family. All methods are
 // thread-safe.
 class Metrics final : public SchedulerMetrics {
