@@ -307,6 +307,7 @@ class SchedulerImpl final : public Scheduler {
       r.held.clear();
       if (!tail.text.empty()) r.obs->OnDelta(std::move(tail));
     }
+    const bool decoder_holds_slot = r.state == State::kDecoding;
     r.state = State::kDone;
     FinalInfo info;
     info.reason = reason;
@@ -318,6 +319,10 @@ class SchedulerImpl final : public Scheduler {
       info.ttft_seconds = Secs(r.submitted, r.first_token);
       info.decode_seconds = Secs(r.first_token, r.last_token);
     }
+    // A slot the decoder does not hold goes back before the client sees the
+    // end, so stats read after a stream closes no longer count it. (A slot
+    // the decoder holds comes back with the decoder's kFinished event.)
+    if (!decoder_holds_slot) ReleaseSlot(r);
     // Count it before the client can see the end, so a scrape after the
     // stream closes always includes this request.
     if (metrics_) metrics_->RequestDone(RequestLabel(status, reason), info, Secs(r.submitted, now));
@@ -511,6 +516,7 @@ class SchedulerImpl final : public Scheduler {
       // stop string was cancelled inside OnToken.
       OnToken(*r, e.token, e.logprob, e.top, e.n_top);
     } else if (e.kind == EventKind::kFinished) {
+      ReleaseSlot(*r);  // the decoder has let go of it; free it before OnDone
       {
         std::lock_guard<std::mutex> lock(r->mu);
         switch (e.reason) {
@@ -526,7 +532,6 @@ class SchedulerImpl final : public Scheduler {
             break;
         }
       }
-      ReleaseSlot(*r);
     }
   }
 
