@@ -49,6 +49,12 @@ class Backend {
   // twice) and runs it. Errors leave the KV of untouched slots intact. Safe to
   // call from several threads (prefill and decode) for disjoint slots.
   virtual absl::Status Forward(std::span<const SeqChunk> batch, ForwardOutput* out) = 0;
+  // OK while the backend can run; after a fault it cannot recover from (a
+  // sticky device error), the error, which every later Forward also returns.
+  virtual absl::Status health() const { return absl::OkStatus(); }
+  // Where it runs, for logs and GetModelInfo ("CPU, 2 threads",
+  // "CUDA device 0: NVIDIA H100 80GB HBM3, 79.1 GiB").
+  virtual std::string device() const { return name(); }
 };
 
 }  // namespace m40llm

@@ -37,6 +37,10 @@ absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(const LlamaModel*
   return b;
 }
 
+std::string CpuBackend::device() const {
+  return absl::StrCat("CPU, ", pool_.size(), " threads");
+}
+
 size_t CpuBackend::KvIndex(int layer, int slot, int kv_head, int pos) const {
   const ModelConfig& c = model_->config();
   size_t i = static_cast<size_t>(layer);

@@ -26,6 +26,7 @@ class CpuBackend final : public Backend {
   const BackendOptions& options() const override { return opts_; }
   absl::Status Forward(std::span<const SeqChunk> batch, ForwardOutput* out) override;
   std::string name() const override { return "cpu"; }
+  std::string device() const override;
 
   // Direct view of the KV cache (FP16 bits), for tests.
   const uint16_t* k_cache() const { return k_cache_.data(); }

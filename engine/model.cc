@@ -207,17 +207,14 @@ absl::StatusOr<const GgufTensorInfo*> Expect(const GgufFile& f, const std::strin
 
 class Loader {
  public:
-  Loader(const GgufFile& f, const ProgressFn& progress, int n_threads)
-      : f_(f), progress_(progress), pool_(n_threads) {
-    for (const GgufTensorInfo& t : f.tensors()) total_ += t.n_bytes;
-  }
+  Loader(const GgufFile& f, WeightSink* sink, const ProgressFn& progress, int n_threads)
+      : f_(f), sink_(sink), progress_(progress), pool_(n_threads), total_(LlamaTensorBytes(f)) {}
 
-  absl::Status Matrix(const std::string& name, int64_t rows, int64_t cols, MatrixF16* out) {
+  absl::Status Matrix(const std::string& name, WeightId id, int layer, int64_t rows,
+                      int64_t cols) {
     ASSIGN_OR_RETURN(const GgufTensorInfo* t,
                      Expect(f_, name, {static_cast<uint64_t>(cols), static_cast<uint64_t>(rows)}));
-    out->rows = rows;
-    out->cols = cols;
-    out->data.resize(static_cast<size_t>(rows * cols));
+    ASSIGN_OR_RETURN(uint16_t* dst, sink_->MatrixBuffer(id, layer, rows, cols));
     const auto traits = *TypeTraits(static_cast<uint32_t>(t->type));
     const size_t row_bytes = static_cast<size_t>(cols) / traits.block_elems * traits.block_bytes;
     const uint8_t* src = f_.TensorData(*t).data();
@@ -227,7 +224,7 @@ class Loader {
     pool_.ParallelFor(static_cast<size_t>(rows), 64, [&](size_t r0, size_t r1) {
       uint64_t local = 0;
       absl::Status s = DequantizeToF16(t->type, src + r0 * row_bytes, (r1 - r0) * cols,
-                                       out->data.data() + r0 * cols, &local);
+                                       dst + r0 * cols, &local);
       clamped += local;
       if (!s.ok()) {
         std::lock_guard<std::mutex> lock(err_mu);
@@ -244,18 +241,28 @@ class Loader {
                    f_.path(), name, TypeName(t->type), clamped.load());
       clamped_ += clamped;
     }
+    RETURN_IF_ERROR(sink_->MatrixDone(id, layer, rows, cols));
     Done(*t);
     return absl::OkStatus();
   }
 
-  absl::Status Vector(const std::string& name, int64_t n, std::vector<float>* out) {
+  absl::Status Vector(const std::string& name, WeightId id, int layer, int64_t n) {
     ASSIGN_OR_RETURN(const GgufTensorInfo* t, Expect(f_, name, {static_cast<uint64_t>(n)}));
-    out->resize(static_cast<size_t>(n));
-    absl::Status s = DequantizeToF32(t->type, f_.TensorData(*t).data(), n, out->data());
+    std::vector<float> v(static_cast<size_t>(n));
+    absl::Status s = DequantizeToF32(t->type, f_.TensorData(*t).data(), n, v.data());
     if (!s.ok()) {
       return absl::Status(s.code(), absl::StrCat(f_.path(), ": tensor '", name, "': ",
                                                  s.message()));
     }
+    if (id == WeightId::kRopeFreqs) {
+      for (float ff : v) {
+        if (!(ff > 0.0f)) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              f_.path(), ": tensor 'rope_freqs.weight' holds a non-positive factor"));
+        }
+      }
+    }
+    RETURN_IF_ERROR(sink_->Vector(id, layer, std::move(v)));
     Done(*t);
     return absl::OkStatus();
   }
@@ -269,49 +276,99 @@ class Loader {
   }
 
   const GgufFile& f_;
+  WeightSink* sink_;
   const ProgressFn& progress_;
   ThreadPool pool_;
   uint64_t total_ = 0, done_ = 0, clamped_ = 0;
 };
 
+// Stores every weight in a LlamaModel's host vectors.
+class HostSink : public WeightSink {
+ public:
+  explicit HostSink(LlamaModel* m) : m_(m) {}
+
+  absl::StatusOr<uint16_t*> MatrixBuffer(WeightId id, int layer, int64_t rows,
+                                         int64_t cols) override {
+    MatrixF16* mat = Find(id, layer);
+    if (mat == nullptr) return absl::InternalError("HostSink: not a matrix");
+    mat->rows = rows;
+    mat->cols = cols;
+    mat->data.resize(static_cast<size_t>(rows * cols));
+    return mat->data.data();
+  }
+  absl::Status MatrixDone(WeightId, int, int64_t, int64_t) override { return absl::OkStatus(); }
+  absl::Status Vector(WeightId id, int layer, std::vector<float> values) override {
+    switch (id) {
+      case WeightId::kOutputNorm: m_->output_norm = std::move(values); break;
+      case WeightId::kRopeFreqs: m_->rope_freqs = std::move(values); break;
+      case WeightId::kAttnNorm: m_->layers[layer].attn_norm = std::move(values); break;
+      case WeightId::kFfnNorm: m_->layers[layer].ffn_norm = std::move(values); break;
+      default: return absl::InternalError("HostSink: not a vector");
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  MatrixF16* Find(WeightId id, int layer) {
+    switch (id) {
+      case WeightId::kTokenEmbd: return &m_->token_embd;
+      case WeightId::kOutput: return &m_->output;
+      case WeightId::kWq: return &m_->layers[layer].wq;
+      case WeightId::kWk: return &m_->layers[layer].wk;
+      case WeightId::kWv: return &m_->layers[layer].wv;
+      case WeightId::kWo: return &m_->layers[layer].wo;
+      case WeightId::kGate: return &m_->layers[layer].w_gate;
+      case WeightId::kUp: return &m_->layers[layer].w_up;
+      case WeightId::kDown: return &m_->layers[layer].w_down;
+      default: return nullptr;
+    }
+  }
+  LlamaModel* m_;
+};
+
 }  // namespace
+
+uint64_t LlamaTensorBytes(const GgufFile& file) {
+  uint64_t total = 0;
+  for (const GgufTensorInfo& t : file.tensors()) total += t.n_bytes;
+  return total;
+}
+
+absl::Status StreamLlamaWeights(const GgufFile& file, const ModelConfig& c, WeightSink* sink,
+                                const ProgressFn& progress, int n_threads, uint64_t* clamped) {
+  Loader ld(file, sink, progress, n_threads);
+  RETURN_IF_ERROR(ld.Matrix("token_embd.weight", WeightId::kTokenEmbd, -1, c.n_vocab, c.n_embd));
+  for (int l = 0; l < c.n_layer; ++l) {
+    const std::string p = absl::StrCat("blk.", l, ".");
+    RETURN_IF_ERROR(ld.Vector(p + "attn_norm.weight", WeightId::kAttnNorm, l, c.n_embd));
+    RETURN_IF_ERROR(ld.Matrix(p + "attn_q.weight", WeightId::kWq, l, c.q_dim(), c.n_embd));
+    RETURN_IF_ERROR(ld.Matrix(p + "attn_k.weight", WeightId::kWk, l, c.kv_dim(), c.n_embd));
+    RETURN_IF_ERROR(ld.Matrix(p + "attn_v.weight", WeightId::kWv, l, c.kv_dim(), c.n_embd));
+    RETURN_IF_ERROR(ld.Matrix(p + "attn_output.weight", WeightId::kWo, l, c.n_embd, c.q_dim()));
+    RETURN_IF_ERROR(ld.Vector(p + "ffn_norm.weight", WeightId::kFfnNorm, l, c.n_embd));
+    RETURN_IF_ERROR(ld.Matrix(p + "ffn_gate.weight", WeightId::kGate, l, c.n_ff, c.n_embd));
+    RETURN_IF_ERROR(ld.Matrix(p + "ffn_up.weight", WeightId::kUp, l, c.n_ff, c.n_embd));
+    RETURN_IF_ERROR(ld.Matrix(p + "ffn_down.weight", WeightId::kDown, l, c.n_embd, c.n_ff));
+  }
+  RETURN_IF_ERROR(ld.Vector("output_norm.weight", WeightId::kOutputNorm, -1, c.n_embd));
+  if (!c.tied_output) {
+    RETURN_IF_ERROR(ld.Matrix("output.weight", WeightId::kOutput, -1, c.n_vocab, c.n_embd));
+  }
+  if (c.has_rope_freqs) {
+    RETURN_IF_ERROR(ld.Vector("rope_freqs.weight", WeightId::kRopeFreqs, -1, c.n_rot / 2));
+  }
+  if (clamped != nullptr) *clamped = ld.clamped();
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const GgufFile& file,
                                                             const ProgressFn& progress,
                                                             int n_threads) {
   auto m = std::unique_ptr<LlamaModel>(new LlamaModel());
   ASSIGN_OR_RETURN(m->config_, ReadModelConfig(file));
-  const ModelConfig& c = m->config_;
-  Loader ld(file, progress, n_threads);
-  RETURN_IF_ERROR(ld.Matrix("token_embd.weight", c.n_vocab, c.n_embd, &m->token_embd));
-  m->layers.resize(c.n_layer);
-  for (int l = 0; l < c.n_layer; ++l) {
-    LayerWeights& w = m->layers[l];
-    const std::string p = absl::StrCat("blk.", l, ".");
-    RETURN_IF_ERROR(ld.Vector(p + "attn_norm.weight", c.n_embd, &w.attn_norm));
-    RETURN_IF_ERROR(ld.Matrix(p + "attn_q.weight", c.q_dim(), c.n_embd, &w.wq));
-    RETURN_IF_ERROR(ld.Matrix(p + "attn_k.weight", c.kv_dim(), c.n_embd, &w.wk));
-    RETURN_IF_ERROR(ld.Matrix(p + "attn_v.weight", c.kv_dim(), c.n_embd, &w.wv));
-    RETURN_IF_ERROR(ld.Matrix(p + "attn_output.weight", c.n_embd, c.q_dim(), &w.wo));
-    RETURN_IF_ERROR(ld.Vector(p + "ffn_norm.weight", c.n_embd, &w.ffn_norm));
-    RETURN_IF_ERROR(ld.Matrix(p + "ffn_gate.weight", c.n_ff, c.n_embd, &w.w_gate));
-    RETURN_IF_ERROR(ld.Matrix(p + "ffn_up.weight", c.n_ff, c.n_embd, &w.w_up));
-    RETURN_IF_ERROR(ld.Matrix(p + "ffn_down.weight", c.n_embd, c.n_ff, &w.w_down));
-  }
-  RETURN_IF_ERROR(ld.Vector("output_norm.weight", c.n_embd, &m->output_norm));
-  if (!c.tied_output) {
-    RETURN_IF_ERROR(ld.Matrix("output.weight", c.n_vocab, c.n_embd, &m->output));
-  }
-  if (c.has_rope_freqs) {
-    RETURN_IF_ERROR(ld.Vector("rope_freqs.weight", c.n_rot / 2, &m->rope_freqs));
-    for (float ff : m->rope_freqs) {
-      if (!(ff > 0.0f)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            file.path(), ": tensor 'rope_freqs.weight' holds a non-positive factor"));
-      }
-    }
-  }
-  m->clamped_ = ld.clamped();
+  m->layers.resize(m->config_.n_layer);
+  HostSink sink(m.get());
+  RETURN_IF_ERROR(StreamLlamaWeights(file, m->config_, &sink, progress, n_threads, &m->clamped_));
   return m;
 }
 

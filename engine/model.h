@@ -71,6 +71,52 @@ struct LoadProgress {
 };
 using ProgressFn = std::function<void(const LoadProgress&)>;
 
+// Which weight a tensor is: globals have layer -1.
+enum class WeightId : int {
+  kTokenEmbd = 0,  // (n_vocab, n_embd) matrix
+  kOutput,         // (n_vocab, n_embd) matrix; absent when tied
+  kOutputNorm,     // (n_embd) vector
+  kRopeFreqs,      // (n_rot / 2) vector; only with has_rope_freqs
+  kAttnNorm,       // (n_embd) vector, per layer
+  kWq,             // (q_dim, n_embd), per layer
+  kWk,             // (kv_dim, n_embd)
+  kWv,             // (kv_dim, n_embd)
+  kWo,             // (n_embd, q_dim)
+  kFfnNorm,        // (n_embd) vector
+  kGate,           // (n_ff, n_embd)
+  kUp,             // (n_ff, n_embd)
+  kDown,           // (n_embd, n_ff)
+};
+
+// Receives the weights one tensor at a time as they are dequantised, so that
+// a device backend can upload each through one staging buffer instead of
+// holding a second full copy of the model in host memory.
+class WeightSink {
+ public:
+  virtual ~WeightSink() = default;
+  // Where to write a (rows, cols) FP16 matrix; it must stay valid and
+  // unread until MatrixDone for the same weight.
+  virtual absl::StatusOr<uint16_t*> MatrixBuffer(WeightId id, int layer, int64_t rows,
+                                                 int64_t cols) = 0;
+  // The buffer from MatrixBuffer now holds the matrix.
+  virtual absl::Status MatrixDone(WeightId id, int layer, int64_t rows, int64_t cols) = 0;
+  // A FP32 vector (norm weights, rope frequency factors).
+  virtual absl::Status Vector(WeightId id, int layer, std::vector<float> values) = 0;
+};
+
+// Reads, checks and dequantises every weight of `file` (whose config is `c`)
+// into `sink`, in file-independent order: token_embd, then per layer
+// attn_norm, wq, wk, wv, wo, ffn_norm, gate, up, down, then output_norm,
+// output (unless tied), rope_freqs (if present). `progress` (optional) is
+// called after each tensor; `clamped` (optional) receives the number of
+// values clamped into the FP16 range.
+absl::Status StreamLlamaWeights(const GgufFile& file, const ModelConfig& c, WeightSink* sink,
+                                const ProgressFn& progress = nullptr, int n_threads = 0,
+                                uint64_t* clamped = nullptr);
+
+// Bytes of the GGUF tensors StreamLlamaWeights reads (the progress total).
+uint64_t LlamaTensorBytes(const GgufFile& file);
+
 // A loaded model with host-resident FP16 weights.
 class LlamaModel {
  public:

@@ -112,6 +112,10 @@ class SchedulerImpl final : public Scheduler {
   absl::StatusOr<uint64_t> Submit(GenerateRequest req,
                                   std::shared_ptr<StreamObserver> observer) override {
     RETURN_IF_ERROR(Validate(req));
+    if (absl::Status h = backend_->health(); !h.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("the compute backend failed and serves no more requests: ", h.message()));
+    }
     auto r = std::make_shared<Request>();
     r->req = std::move(req);
     r->obs = std::move(observer);

@@ -18,7 +18,6 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "engine/cpu_backend.h"
 #include "engine/demo_model.h"
 #include "engine/ggml_types.h"
 #include "engine/gguf.h"
@@ -28,6 +27,7 @@
 #include "engine/tokenizer.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "persistent/config.h"
+#include "server/backend_loader.h"
 #include "server/grpc_server.h"
 #include "server/logging.h"
 #include "server/metrics.h"
@@ -63,10 +63,9 @@ std::string WeightTypes(const GgufFile& file) {
   return absl::StrJoin(parts, " ");
 }
 
-v1::ModelInfo MakeModelInfo(const GgufFile& file, const LlamaModel& model,
-                            const Tokenizer& tokenizer, const std::string& backend,
-                            const std::string& device) {
-  const ModelConfig& c = model.config();
+v1::ModelInfo MakeModelInfo(const GgufFile& file, const Backend& backend,
+                            uint64_t weight_bytes, const Tokenizer& tokenizer) {
+  const ModelConfig& c = backend.config();
   v1::ModelInfo info;
   info.set_name(c.name);
   info.set_architecture(c.arch);
@@ -85,9 +84,9 @@ v1::ModelInfo MakeModelInfo(const GgufFile& file, const LlamaModel& model,
   info.set_eot_token_id(tokenizer.vocab().eot);
   info.set_add_bos(tokenizer.vocab().add_bos);
   info.set_weight_types(WeightTypes(file));
-  info.set_weight_bytes(model.weight_bytes());
-  info.set_backend(backend);
-  info.set_device(device);
+  info.set_weight_bytes(weight_bytes);
+  info.set_backend(backend.name());
+  info.set_device(backend.device());
   info.set_server_version(ServerVersion());
   return info;
 }
@@ -102,8 +101,7 @@ std::string WithPort(const std::string& listen, int port) {
 // the gRPC server first, the model last).
 struct Running {
   std::unique_ptr<Tokenizer> tokenizer;
-  std::unique_ptr<LlamaModel> model;
-  std::unique_ptr<CpuBackend> backend;
+  LoadedBackend engine;  // the model and the backend that runs it
   std::unique_ptr<Metrics> metrics;
   std::unique_ptr<Scheduler> scheduler;
   std::unique_ptr<InferenceService> service;
@@ -111,11 +109,12 @@ struct Running {
 };
 
 absl::Status CheckOptions(const ServeOptions& o) {
-  if (o.backend == "cuda") {
-    return absl::UnimplementedError(
-        "--backend cuda: the CUDA backend is not built yet; use --backend cpu");
+  if (o.backend == "cuda" && !CudaBackendBuilt()) {
+    return absl::FailedPreconditionError(
+        "--backend cuda: this m40llm was built without CUDA (configure with a CUDA toolkit; "
+        "see docs/gpu.md)");
   }
-  if (o.backend != "cpu") {
+  if (o.backend != "cpu" && o.backend != "cuda") {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown backend '", o.backend, "': use cpu or cuda"));
   }
@@ -126,6 +125,13 @@ absl::Status CheckOptions(const ServeOptions& o) {
   if (o.ctx_per_slot < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("--ctx-per-slot must be >= 0 (0 = default), got ", o.ctx_per_slot));
+  }
+  if (o.device < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--device must be >= 0, got ", o.device));
+  }
+  if (o.max_tokens_per_pass < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-tokens-per-pass must be >= 1, got ", o.max_tokens_per_pass));
   }
   if (o.queue_size < 0) {
     return absl::InvalidArgumentError(
@@ -150,28 +156,29 @@ absl::Status Start(const ServeOptions& o, Running* run) {
   const Clock::time_point t0 = Clock::now();
   ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::Open(path));
   ASSIGN_OR_RETURN(run->tokenizer, Tokenizer::FromGguf(*file));
-  ASSIGN_OR_RETURN(run->model, LlamaModel::Load(*file, nullptr, o.threads));
-  const ModelConfig& c = run->model->config();
+  ASSIGN_OR_RETURN(const ModelConfig c, ReadModelConfig(*file));
+  BackendSpec spec;
+  spec.kind = o.backend;
+  spec.device = o.device;
+  spec.max_tokens_per_pass = o.max_tokens_per_pass;
+  spec.options.max_slots = o.max_batch;
+  spec.options.ctx_per_slot =
+      o.ctx_per_slot > 0 ? o.ctx_per_slot : std::min(c.n_ctx_train, 2048);
+  spec.options.n_threads = o.threads;
+  if (spec.options.ctx_per_slot > c.n_ctx_train) {
+    spdlog::warn("--ctx-per-slot {} exceeds the model's training context {}",
+                 spec.options.ctx_per_slot, c.n_ctx_train);
+  }
+  ASSIGN_OR_RETURN(run->engine, LoadBackend(*file, spec));
+  const Backend& backend = *run->engine.backend;
+  const BackendOptions& bo = backend.options();
+  const std::string device = backend.device();
+  const uint64_t kv_bytes = run->engine.kv_cache_bytes;
   spdlog::info(
       "loaded {} in {:.2f} s: {} '{}', {} layers, n_embd {}, {} heads ({} KV), "
-      "vocab {}, context {}, {:.1f} MiB of weights ({})",
+      "vocab {}, context {}, {:.1f} MiB of weights ({}) on {}",
       path, Seconds(Clock::now() - t0), c.arch, c.name, c.n_layer, c.n_embd, c.n_head, c.n_head_kv,
-      c.n_vocab, c.n_ctx_train, MiB(run->model->weight_bytes()), WeightTypes(*file));
-
-  BackendOptions bo;
-  bo.max_slots = o.max_batch;
-  bo.ctx_per_slot = o.ctx_per_slot > 0 ? o.ctx_per_slot : std::min(c.n_ctx_train, 2048);
-  bo.n_threads = o.threads;
-  if (bo.ctx_per_slot > c.n_ctx_train) {
-    spdlog::warn("--ctx-per-slot {} exceeds the model's training context {}", bo.ctx_per_slot,
-                 c.n_ctx_train);
-  }
-  ASSIGN_OR_RETURN(run->backend, CpuBackend::Create(run->model.get(), bo));
-  const int threads =
-      o.threads > 0 ? o.threads : static_cast<int>(std::thread::hardware_concurrency());
-  const std::string device = absl::StrCat("CPU, ", threads, " threads");
-  const uint64_t kv_bytes = 2ull * 2 * c.n_layer * bo.max_slots * c.n_head_kv *
-                            static_cast<uint64_t>(bo.ctx_per_slot) * c.head_dim;
+      c.n_vocab, c.n_ctx_train, MiB(run->engine.weight_bytes), WeightTypes(*file), device);
 
   MetricsOptions mo;
   mo.listen = o.metrics_listen;
@@ -184,11 +191,11 @@ absl::Status Start(const ServeOptions& o, Running* run) {
   so.max_batch = o.max_batch;
   so.ctx_per_slot = bo.ctx_per_slot;
   so.queue_size = o.queue_size;
-  ASSIGN_OR_RETURN(run->scheduler, Scheduler::Create(run->backend.get(), run->tokenizer.get(), so,
+  ASSIGN_OR_RETURN(run->scheduler, Scheduler::Create(run->engine.backend.get(), run->tokenizer.get(), so,
                                                      run->metrics.get()));
   run->service = std::make_unique<InferenceService>(
       run->scheduler.get(), run->tokenizer.get(), run->metrics.get(),
-      MakeModelInfo(*file, *run->model, *run->tokenizer, o.backend, device));
+      MakeModelInfo(*file, backend, run->engine.weight_bytes, *run->tokenizer));
   int port = 0;
   ASSIGN_OR_RETURN(run->server, StartGrpcServer(o.listen, run->service.get(),
                                                 v1::Inference::service_full_name(), &port));
@@ -197,7 +204,7 @@ absl::Status Start(const ServeOptions& o, Running* run) {
       "m40llm {} serving on {} ({} backend, {}): {} slots x {} positions, queue {}, "
       "KV cache {:.1f} MiB, weights {:.1f} MiB",
       ServerVersion(), WithPort(o.listen, port), o.backend, device, so.max_batch, so.ctx_per_slot,
-      so.queue_size, MiB(kv_bytes), MiB(run->model->weight_bytes()));
+      so.queue_size, MiB(kv_bytes), MiB(run->engine.weight_bytes));
   if (!run->metrics->listen_address().empty()) {
     spdlog::info("metrics on http://{}/metrics", run->metrics->listen_address());
   }
@@ -261,8 +268,23 @@ int RunServe(const ServeOptions& opts) {
     spdlog::error("{}", std::string(s.message()));
     return 1;
   }
+  // Wait for a signal, watching the backend: after a fault it cannot recover
+  // from, health turns NOT_SERVING (requests in flight have already failed
+  // with INTERNAL, new ones get UNAVAILABLE) and the process stays up so
+  // that the orchestrator sees why and restarts it.
   int sig = 0;
-  while (sigwait(&signals, &sig) != 0) {
+  bool serving = true;
+  for (;;) {
+    const timespec tick = {0, 250 * 1000 * 1000};
+    sig = sigtimedwait(&signals, nullptr, &tick);
+    if (sig > 0) break;
+    if (serving) {
+      if (absl::Status h = run.engine.backend->health(); !h.ok()) {
+        serving = false;
+        run.server->GetHealthCheckService()->SetServingStatus(false);
+        spdlog::error("health is NOT_SERVING: {}", std::string(h.message()));
+      }
+    }
   }
   spdlog::info("received {}: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   Stop(opts, signals, &run);

@@ -11,7 +11,9 @@ namespace m40llm {
 // variable (README.md, docs/api.md).
 struct ServeOptions {
   std::string model;                            // GGUF path; empty: the demo model
-  std::string backend = "cpu";                  // "cpu" ("cuda" is not built yet)
+  std::string backend = "cpu";                  // "cpu" or "cuda"
+  int device = 0;                               // CUDA device ordinal (cuda)
+  int max_tokens_per_pass = 512;                // cuda: tokens per forward pass
   std::string listen = "0.0.0.0:50051";         // gRPC host:port
   std::string metrics_listen = "0.0.0.0:8002";  // /metrics host:port; empty: none
   int max_batch = 8;                            // sequences decoding at once

@@ -15,7 +15,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "engine/cpu_backend.h"
 #include "engine/demo_model.h"
 #include "engine/eval.h"
 #include "engine/gguf.h"
@@ -24,6 +23,7 @@
 #include "engine/status.h"
 #include "engine/tokenizer.h"
 #include "nlohmann/json.hpp"
+#include "server/backend_loader.h"
 #include "server/server.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -43,6 +43,8 @@ struct ModelOpts {
   std::string model;
   int threads = 0;
   int ctx = 0;
+  std::string backend = "cpu";
+  int device = 0;
 };
 
 void AddModelOpts(CLI::App* app, ModelOpts* o) {
@@ -51,6 +53,12 @@ void AddModelOpts(CLI::App* app, ModelOpts* o) {
   app->add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
   app->add_option("-c,--ctx", o->ctx,
                   "context positions to allocate (default: min(model context, 4096))");
+  app->add_option("--backend", o->backend, "compute backend: cpu or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  app->add_option("--device", o->device, "CUDA device ordinal (--backend cuda)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
 }
 
 // Resolves --model (the demo model when empty) and opens the GGUF.
@@ -66,8 +74,20 @@ absl::StatusOr<std::unique_ptr<GgufFile>> OpenModelFile(const ModelOpts& o) {
   return GgufFile::Open(path);
 }
 
-// Loads weights with a progress line on stderr for models over 64 MiB.
-absl::StatusOr<std::unique_ptr<LlamaModel>> LoadModel(const GgufFile& f, int threads) {
+// Loads the weights into the backend --backend names, with a progress line
+// on stderr for models over 64 MiB, and one slot of enough context for
+// `need_ctx` positions (unless --ctx fixes it).
+absl::StatusOr<LoadedBackend> LoadEngine(const GgufFile& f, const ModelOpts& o, int need_ctx) {
+  ASSIGN_OR_RETURN(const ModelConfig c, ReadModelConfig(f));
+  BackendSpec spec;
+  spec.kind = o.backend;
+  spec.device = o.device;
+  spec.options.max_slots = 1;
+  spec.options.n_threads = o.threads;
+  spec.options.ctx_per_slot = o.ctx > 0 ? o.ctx : std::min(c.n_ctx_train, 4096);
+  if (o.ctx <= 0 && need_ctx > spec.options.ctx_per_slot) {
+    spec.options.ctx_per_slot = std::min(need_ctx, c.n_ctx_train);
+  }
   const bool show = f.size() > (64u << 20);
   auto t0 = Clock::now();
   int last_pct = -1;
@@ -80,27 +100,14 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LoadModel(const GgufFile& f, int thr
                  static_cast<double>(p.bytes_done) / (1 << 20));
     std::fflush(stderr);
   };
-  auto m = LlamaModel::Load(f, progress, threads);
+  auto e = LoadBackend(f, spec, progress);
   if (show) std::fprintf(stderr, "\n");
-  if (m.ok()) {
-    spdlog::info("loaded {} in {:.2f} s: {} layers, n_embd {}, vocab {}, {:.1f} MiB of weights",
-                 f.path(), Seconds(t0, Clock::now()), (*m)->config().n_layer,
-                 (*m)->config().n_embd, (*m)->config().n_vocab,
-                 static_cast<double>((*m)->weight_bytes()) / (1 << 20));
+  if (e.ok()) {
+    spdlog::info("loaded {} in {:.2f} s: {} layers, n_embd {}, vocab {}, {:.1f} MiB of weights on {}",
+                 f.path(), Seconds(t0, Clock::now()), c.n_layer, c.n_embd, c.n_vocab,
+                 static_cast<double>(e->weight_bytes) / (1 << 20), e->backend->device());
   }
-  return m;
-}
-
-absl::StatusOr<std::unique_ptr<CpuBackend>> MakeBackend(const LlamaModel& m, const ModelOpts& o,
-                                                        int need_ctx) {
-  BackendOptions bo;
-  bo.max_slots = 1;
-  bo.n_threads = o.threads;
-  bo.ctx_per_slot = o.ctx > 0 ? o.ctx : std::min(m.config().n_ctx_train, 4096);
-  if (o.ctx <= 0 && need_ctx > bo.ctx_per_slot) {
-    bo.ctx_per_slot = std::min(need_ctx, m.config().n_ctx_train);
-  }
-  return CpuBackend::Create(&m, bo);
+  return e;
 }
 
 int Fail(const absl::Status& s) {
@@ -124,17 +131,15 @@ int RunGenerate(GenerateOpts& o) {
   if (!file.ok()) return Fail(file.status());
   auto tok = Tokenizer::FromGguf(**file);
   if (!tok.ok()) return Fail(tok.status());
-  auto model = LoadModel(**file, o.model.threads);
-  if (!model.ok()) return Fail(model.status());
-  const ModelConfig& cfg = (*model)->config();
-  if (auto s = o.sampling.Validate(cfg.n_vocab); !s.ok()) return Fail(s);
   if (o.max_tokens < 0) return Fail(absl::InvalidArgumentError("--max-tokens must be >= 0"));
 
   std::vector<int32_t> ids = (*tok)->Encode(o.prompt, /*add_special=*/true, o.special);
   if (ids.empty()) return Fail(absl::InvalidArgumentError("the prompt is empty"));
-  auto backend = MakeBackend(**model, o.model, static_cast<int>(ids.size()) + o.max_tokens);
-  if (!backend.ok()) return Fail(backend.status());
-  const int ctx = (*backend)->options().ctx_per_slot;
+  auto engine = LoadEngine(**file, o.model, static_cast<int>(ids.size()) + o.max_tokens);
+  if (!engine.ok()) return Fail(engine.status());
+  Backend* backend = engine->backend.get();
+  if (auto s = o.sampling.Validate(backend->config().n_vocab); !s.ok()) return Fail(s);
+  const int ctx = backend->options().ctx_per_slot;
   if (static_cast<int>(ids.size()) + o.max_tokens > ctx) {
     return Fail(absl::OutOfRangeError(absl::StrCat(
         "prompt (", ids.size(), " tokens) + max tokens (", o.max_tokens,
@@ -150,7 +155,7 @@ int RunGenerate(GenerateOpts& o) {
   ForwardOutput out;
   auto t0 = Clock::now();
   SeqChunk prefill{0, 0, ids, false};
-  if (auto s = (*backend)->Forward({&prefill, 1}, &out); !s.ok()) return Fail(s);
+  if (auto s = backend->Forward({&prefill, 1}, &out); !s.ok()) return Fail(s);
   auto t1 = Clock::now();
   std::vector<int32_t> history = ids;
   int generated = 0;
@@ -167,7 +172,7 @@ int RunGenerate(GenerateOpts& o) {
     std::fflush(stdout);
     if (step + 1 == o.max_tokens) break;
     SeqChunk dec{0, static_cast<int>(history.size()) - 1, {&history.back(), 1}, false};
-    if (auto s = (*backend)->Forward({&dec, 1}, &out); !s.ok()) return Fail(s);
+    if (auto s = backend->Forward({&dec, 1}, &out); !s.ok()) return Fail(s);
   }
   std::fputs(detok.Flush().c_str(), stdout);
   std::fputs("\n", stdout);
@@ -217,11 +222,9 @@ int RunEval(EvalOpts& o) {
     if (!tok.ok()) return Fail(tok.status());
     ids = (*tok)->Encode(o.prompt, /*add_special=*/true, /*parse_special=*/true);
   }
-  auto model = LoadModel(**file, o.model.threads);
-  if (!model.ok()) return Fail(model.status());
-  auto backend = MakeBackend(**model, o.model, static_cast<int>(ids.size()) + o.n);
-  if (!backend.ok()) return Fail(backend.status());
-  auto r = RunGreedyEval(**backend, ids, o.n);
+  auto engine = LoadEngine(**file, o.model, static_cast<int>(ids.size()) + o.n);
+  if (!engine.ok()) return Fail(engine.status());
+  auto r = RunGreedyEval(*engine->backend, ids, o.n);
   if (!r.ok()) return Fail(r.status());
   if (!o.json) {
     std::printf("prompt tokens: %zu\n", r->prompt_tokens.size());
@@ -230,7 +233,9 @@ int RunEval(EvalOpts& o) {
   }
   nlohmann::json j;
   j["prompt_tokens"] = r->prompt_tokens;
-  j["n_vocab"] = (*model)->config().n_vocab;
+  j["n_vocab"] = engine->backend->config().n_vocab;
+  j["backend"] = engine->backend->name();
+  j["device"] = engine->backend->device();
   auto& top = j["prompt_top1"] = nlohmann::json::array();
   for (size_t p = 0; p < r->prompt_top1.size(); ++p) {
     const TopChoice& c = r->prompt_top1[p];
@@ -447,6 +452,16 @@ int Main(int argc, char** argv) {
   s->add_option("--backend", sv.backend, "compute backend: cpu or cuda")
       ->envname("M40LLM_BACKEND")
       ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  s->add_option("--device", sv.device, "CUDA device ordinal (--backend cuda)")
+      ->envname("M40LLM_DEVICE")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  s->add_option("--max-tokens-per-pass", sv.max_tokens_per_pass,
+                "cuda: most tokens in one forward pass (sizes device scratch); longer "
+                "prefills run in pieces")
+      ->envname("M40LLM_MAX_TOKENS_PER_PASS")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   s->add_option("--listen", sv.listen, "gRPC address host:port")
       ->envname("M40LLM_LISTEN")
