@@ -1,5 +1,5 @@
 // m40llm: one binary for every job. Subcommands: generate, eval, tokenize,
-// mkmodel, info, serve (the gRPC server) and client (talks to one).
+// mkmodel, info, bench, serve (the gRPC server) and client (talks to one).
 #include <unistd.h>
 
 #include <chrono>
@@ -27,6 +27,7 @@
 #include "server/server.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
+#include "tools/m40llm/bench.h"
 #include "tools/m40llm/client.h"
 
 namespace m40llm {
@@ -444,6 +445,11 @@ int Main(int argc, char** argv) {
   auto* in = app.add_subcommand("info", "print a GGUF file's model configuration");
   in->add_option("-m,--model", info_model, "GGUF file (default: the demo model)");
 
+  BenchOptions bench;
+  auto* bn = app.add_subcommand(
+      "bench", "measure decode and prefill throughput on a model (table + JSON; not a test)");
+  AddBenchOptions(bn, &bench);
+
   ServeOptions sv;
   auto* s = app.add_subcommand("serve", "run the gRPC inference server until SIGTERM/SIGINT");
   s->add_option("-m,--model", sv.model,
@@ -517,6 +523,7 @@ int Main(int argc, char** argv) {
   if (*t) return RunTokenize(tk);
   if (*k) return RunMkmodel(mk);
   if (*in) return RunInfo(info_model);
+  if (*bn) return RunBench(bench);
   if (*s) return RunServe(sv);
   if (*c) return RunClient(*c, cl);
   return 1;
