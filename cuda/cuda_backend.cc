@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cuda/attention.cuh"
+#include "cuda/attention_prefill.cuh"
 #include "cuda/cuda_check.h"
 #include "cuda/device_memory.h"
 #include "cuda/elementwise.cuh"
@@ -57,7 +58,8 @@ ScratchShape ScratchFor(const ModelConfig& c, const CudaBackendOptions& o) {
   // x, h, proj (n_embd); q, att (q_dim); k, v (kv_dim); gate, up (n_ff); logits.
   s.floats = static_cast<uint64_t>(T) * (3 * c.n_embd + 2 * c.q_dim() + 2 * c.kv_dim() + 2 * c.n_ff) +
              static_cast<uint64_t>(kLogitRows) * c.n_vocab;
-  s.ints = static_cast<uint64_t>(T) * 4 + 64;  // ids, slots, positions, lengths
+  // ids, slots, positions, lengths (T each); chunk slot, pos, len, row (up to T each)
+  s.ints = static_cast<uint64_t>(T) * 8 + 64;
   s.attn_ws = gpu::DecodeAttentionWorkspaceBytes(static_cast<int>(T), c.n_head, c.head_dim,
                                                  o.base.ctx_per_slot);
   return s;
@@ -145,7 +147,7 @@ struct PassContext {
   float *k = nullptr, *v = nullptr;                   // (T, kv_dim)
   float *gate = nullptr, *up = nullptr;               // (T, n_ff)
   float* logits = nullptr;                            // (kLogitRows, n_vocab)
-  gpu::DeviceBuffer<int32_t> ints;  // ids, slots, positions, lengths: (T) each
+  gpu::DeviceBuffer<int32_t> ints;  // ids, slots, positions, lengths (T each), chunks (4 x T)
   gpu::DeviceBuffer<uint8_t> attn_ws;
   gpu::PinnedBuffer<int32_t> host_ints;   // staging for `ints`
   gpu::PinnedBuffer<float> host_logits;   // (kLogitRows, n_vocab)
@@ -481,10 +483,35 @@ absl::Status CudaBackend::Forward(std::span<const SeqChunk> batch, ForwardOutput
         hi[3 * n + t] = pos_of[a + t] + 1;
         max_len = std::max(max_len, pos_of[a + t] + 1);
       }
+      // Runs of consecutive positions of one slot within the piece: the
+      // chunks of the prefill attention kernel (slot, first position, length,
+      // first row), staged after the per-token arrays.
+      int n_chunks = 0, max_chunk = 0, max_ctx = 0;
+      int32_t* hc = hi + 4 * n;
+      for (int64_t t = 0; t < n; ++t) {
+        const bool starts = t == 0 || slot_of[a + t] != slot_of[a + t - 1] ||
+                            pos_of[a + t] != pos_of[a + t - 1] + 1;
+        if (starts) {
+          hc[n_chunks] = slot_of[a + t];
+          hc[n + n_chunks] = pos_of[a + t];
+          hc[2 * n + n_chunks] = 0;
+          hc[3 * n + n_chunks] = static_cast<int32_t>(t);
+          ++n_chunks;
+        }
+        const int c_i = n_chunks - 1;
+        ++hc[2 * n + c_i];
+        max_chunk = std::max(max_chunk, hc[2 * n + c_i]);
+        max_ctx = std::max(max_ctx, pos_of[a + t] + 1);
+      }
+      // Decode steps (every chunk one token) take the split-K decode kernel,
+      // which spreads long contexts over blocks; prompts take the tiled
+      // causal kernel, which reads each K/V tile once per query tile.
+      const bool prefill_attention = max_chunk > 1;
       int32_t* di = p->ints.get();
-      CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(di, hi, 4 * n * sizeof(int32_t),
+      CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(di, hi, 8 * n * sizeof(int32_t),
                                            cudaMemcpyHostToDevice, st));
       const int32_t *d_tok = di, *d_slot = di + n, *d_pos = di + 2 * n, *d_len = di + 3 * n;
+      const int32_t* d_chunks = di + 4 * n;
 
       RETURN_IF_ERROR(
           gpu::LaunchEmbeddingGather(d.token_embd.w, c.n_vocab, n_embd, d_tok, n, p->x, st));
@@ -502,10 +529,17 @@ absl::Status CudaBackend::Forward(std::span<const SeqChunk> batch, ForwardOutput
         RETURN_IF_ERROR(gpu::LaunchKvAppend(p->k, p->v, n, d_slot, d_pos, c.n_head_kv, c.head_dim,
                                             kc, vc, opts_.base.max_slots, opts_.base.ctx_per_slot,
                                             st));
-        RETURN_IF_ERROR(gpu::LaunchDecodeAttention(
-            p->q, static_cast<int>(n), c.n_head, d_slot, d_len, max_len, c.n_head_kv, c.head_dim,
-            kc, vc, opts_.base.max_slots, opts_.base.ctx_per_slot, p->attn_ws.get(),
-            p->attn_ws.bytes(), p->att, st));
+        if (prefill_attention) {
+          RETURN_IF_ERROR(gpu::LaunchPrefillAttention(
+              p->q, n, c.n_head, c.n_head_kv, c.head_dim, d_chunks, d_chunks + n,
+              d_chunks + 2 * n, d_chunks + 3 * n, n_chunks, max_chunk, max_ctx, kc, vc,
+              opts_.base.max_slots, opts_.base.ctx_per_slot, p->att, st));
+        } else {
+          RETURN_IF_ERROR(gpu::LaunchDecodeAttention(
+              p->q, static_cast<int>(n), c.n_head, d_slot, d_len, max_len, c.n_head_kv,
+              c.head_dim, kc, vc, opts_.base.max_slots, opts_.base.ctx_per_slot, p->attn_ws.get(),
+              p->attn_ws.bytes(), p->att, st));
+        }
         RETURN_IF_ERROR(MatMul(w.wo, p->att, n, p->proj, st));
         RETURN_IF_ERROR(gpu::LaunchAdd(p->x, p->proj, n * n_embd, p->x, st));
         // Feed-forward block (SwiGLU).
