@@ -372,6 +372,24 @@ uint64_t CudaBackend::weight_bytes_per_step() const {
   return b;
 }
 
+BackendMemory CudaBackend::memory() const {
+  BackendMemory m;
+  m.weights = plan_.weights;
+  m.kv_cache = plan_.kv_cache;
+  m.scratch = plan_.scratch;
+  m.device_total = plan_.device_total;
+  // After a fault the context cannot answer; report what was allocated.
+  m.device_used = plan_.device_total - plan_.device_free + plan_.weights + plan_.kv_cache +
+                  plan_.scratch;
+  size_t free = 0, total = 0;
+  if (health().ok() && cudaSetDevice(impl_->device) == cudaSuccess &&
+      cudaMemGetInfo(&free, &total) == cudaSuccess) {
+    m.device_used = total - free;
+    m.device_total = total;
+  }
+  return m;
+}
+
 absl::Status CudaBackend::health() const {
   std::lock_guard<std::mutex> lock(fault_mu_);
   return fault_;

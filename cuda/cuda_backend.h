@@ -80,6 +80,7 @@ class CudaBackend : public Backend {
   std::string device() const override { return device_desc_; }
   absl::Status Forward(std::span<const SeqChunk> batch, ForwardOutput* out) override;
   absl::Status health() const override;
+  BackendMemory memory() const override;
 
   const CudaMemoryPlan& plan() const { return plan_; }
   // Bytes of weights on the device (FP16 matrices with padded rows, FP32 norms).

@@ -39,6 +39,16 @@ struct ForwardOutput {
 absl::Status ValidateBatch(const ModelConfig& c, const BackendOptions& o,
                            std::span<const SeqChunk> batch);
 
+// Memory a backend holds, in bytes, and the memory of the device it runs
+// on (host RAM for the CPU backend). device_* are 0 when unknown.
+struct BackendMemory {
+  uint64_t weights = 0;
+  uint64_t kv_cache = 0;
+  uint64_t scratch = 0;
+  uint64_t device_used = 0;
+  uint64_t device_total = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -55,6 +65,8 @@ class Backend {
   // Where it runs, for logs and GetModelInfo ("CPU, 2 threads",
   // "CUDA device 0: NVIDIA H100 80GB HBM3, 79.1 GiB").
   virtual std::string device() const { return name(); }
+  // Current memory figures; cheap enough to call a few times a second.
+  virtual BackendMemory memory() const { return {}; }
 };
 
 }  // namespace m40llm

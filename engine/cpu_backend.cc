@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include <unistd.h>
+
 #include "absl/strings/str_cat.h"
 #include "engine/cpu_ops.h"
 #include "engine/fp16.h"
@@ -39,6 +41,19 @@ absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(const LlamaModel*
 
 std::string CpuBackend::device() const {
   return absl::StrCat("CPU, ", pool_.size(), " threads");
+}
+
+BackendMemory CpuBackend::memory() const {
+  BackendMemory m;
+  m.weights = model_->weight_bytes();
+  m.kv_cache = (k_cache_.size() + v_cache_.size()) * sizeof(uint16_t);
+  const long pages = sysconf(_SC_PHYS_PAGES), avail = sysconf(_SC_AVPHYS_PAGES);
+  const long page = sysconf(_SC_PAGE_SIZE);
+  if (pages > 0 && avail >= 0 && page > 0) {
+    m.device_total = static_cast<uint64_t>(pages) * page;
+    m.device_used = m.device_total - static_cast<uint64_t>(avail) * page;
+  }
+  return m;
 }
 
 size_t CpuBackend::KvIndex(int layer, int slot, int kv_head, int pos) const {

@@ -27,6 +27,7 @@ class CpuBackend final : public Backend {
   absl::Status Forward(std::span<const SeqChunk> batch, ForwardOutput* out) override;
   std::string name() const override { return "cpu"; }
   std::string device() const override;
+  BackendMemory memory() const override;
 
   // Direct view of the KV cache (FP16 bits), for tests.
   const uint16_t* k_cache() const { return k_cache_.data(); }

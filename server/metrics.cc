@@ -151,6 +151,28 @@ absl::Status Metrics::Build(const MetricsOptions& opts) {
                            .Help("Fraction of KV cache positions in use, from 0 to 1.")
                            .Register(r)
                            .Add({});
+    auto& memory = prometheus::BuildGauge()
+                       .Name("m40llm_memory_bytes")
+                       .Help("Memory the compute backend allocated, by kind: weights, "
+                             "kv_cache, scratch.")
+                       .Register(r);
+    memory_weights_ = &memory.Add({{"kind", "weights"}});
+    memory_kv_cache_ = &memory.Add({{"kind", "kv_cache"}});
+    memory_scratch_ = &memory.Add({{"kind", "scratch"}});
+    auto& device = prometheus::BuildGauge()
+                       .Name("m40llm_device_memory_bytes")
+                       .Help("Memory of the device the backend runs on (GPU memory for "
+                             "cuda, host RAM for cpu), by state: used, total.")
+                       .Register(r);
+    device_used_ = &device.Add({{"state", "used"}});
+    device_total_ = &device.Add({{"state", "total"}});
+    backend_healthy_ = &prometheus::BuildGauge()
+                            .Name("m40llm_backend_healthy")
+                            .Help("1 while the compute backend can run; 0 after a device "
+                                  "fault it cannot recover from.")
+                            .Register(r)
+                            .Add({});
+    backend_healthy_->Set(1);
     prometheus::BuildGauge()
         .Name("m40llm_build_info")
         .Help("Always 1; labels give the server version, compute backend and device.")
@@ -222,6 +244,15 @@ void Metrics::Gauges(int queue_depth, int active_sequences, double kv_cache_usag
   queue_depth_->Set(queue_depth);
   active_sequences_->Set(active_sequences);
   kv_cache_usage_->Set(kv_cache_usage);
+}
+
+void Metrics::BackendState(const BackendMemory& m, bool healthy) {
+  memory_weights_->Set(static_cast<double>(m.weights));
+  memory_kv_cache_->Set(static_cast<double>(m.kv_cache));
+  memory_scratch_->Set(static_cast<double>(m.scratch));
+  device_used_->Set(static_cast<double>(m.device_used));
+  device_total_->Set(static_cast<double>(m.device_total));
+  backend_healthy_->Set(healthy ? 1 : 0);
 }
 
 std::string Metrics::Serialize() const {

@@ -11,6 +11,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/backend.h"
 #include "engine/scheduler.h"
 
 namespace prometheus {
@@ -88,6 +89,8 @@ class Metrics final : public SchedulerMetrics {
   // Counts a request refused before it reached the scheduler (bad
   // arguments, queue full, draining); only m40llm_requests_total changes.
   void RequestRejected(const std::string& status);
+  // The backend's memory and health (sampled by the server a few times a second).
+  void BackendState(const BackendMemory& memory, bool healthy);
 
   // The registry in Prometheus text exposition format (what /metrics serves,
   // without the listener's own exposer_* families).
@@ -120,6 +123,12 @@ class Metrics final : public SchedulerMetrics {
   prometheus::Gauge* queue_depth_ = nullptr;
   prometheus::Gauge* active_sequences_ = nullptr;
   prometheus::Gauge* kv_cache_usage_ = nullptr;
+  prometheus::Gauge* memory_weights_ = nullptr;
+  prometheus::Gauge* memory_kv_cache_ = nullptr;
+  prometheus::Gauge* memory_scratch_ = nullptr;
+  prometheus::Gauge* device_used_ = nullptr;
+  prometheus::Gauge* device_total_ = nullptr;
+  prometheus::Gauge* backend_healthy_ = nullptr;
 
   std::unique_ptr<prometheus::Exposer> exposer_;  // null without a listener
   std::string listen_address_;

@@ -186,6 +186,7 @@ absl::Status Start(const ServeOptions& o, Running* run) {
   mo.backend = o.backend;
   mo.device = device;
   ASSIGN_OR_RETURN(run->metrics, Metrics::Create(mo));
+  run->metrics->BackendState(backend.memory(), backend.health().ok());
 
   SchedulerOptions so;
   so.max_batch = o.max_batch;
@@ -278,12 +279,12 @@ int RunServe(const ServeOptions& opts) {
     const timespec tick = {0, 250 * 1000 * 1000};
     sig = sigtimedwait(&signals, nullptr, &tick);
     if (sig > 0) break;
-    if (serving) {
-      if (absl::Status h = run.engine.backend->health(); !h.ok()) {
-        serving = false;
-        run.server->GetHealthCheckService()->SetServingStatus(false);
-        spdlog::error("health is NOT_SERVING: {}", std::string(h.message()));
-      }
+    const absl::Status h = run.engine.backend->health();
+    run.metrics->BackendState(run.engine.backend->memory(), h.ok());
+    if (serving && !h.ok()) {
+      serving = false;
+      run.server->GetHealthCheckService()->SetServingStatus(false);
+      spdlog::error("health is NOT_SERVING: {}", std::string(h.message()));
     }
   }
   spdlog::info("received {}: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
