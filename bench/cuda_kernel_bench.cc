@@ -1,138 +1,197 @@
-// GPU kernel benchmark: device-to-device copy bandwidth and the FP16-weight
-// matrix-vector kernel's achieved weight bandwidth on model shapes, measured
-// side by side in one run. Prints a table and writes JSON; never pass/fail.
-#include <cuda_runtime_api.h>
-
-#include <algorithm>
+// GPU kernel benchmark for the FP16-weight products, on top of the yardstick
+// library (bench/gpu_yardstick.h): device-to-device copy bandwidth; the skinny
+// kernel (LaunchMatVecF16) at 1..64 tokens as weight GB/s and % of copy
+// bandwidth, beside cuBLAS SGEMV/SGEMM on FP32 copies; the tiled GEMM at 512
+// tokens as TFLOP/s and % of cuBLAS SGEMM (every tile); and the skinny/GEMM
+// crossover that sets kMatMulSkinnyMaxTokens. Prints tables and writes JSON;
+// never pass/fail.
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
-#include <random>
+#include <map>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "CLI/CLI.hpp"
-#include "cuda/matvec.cuh"
-#include "engine/fp16.h"
+#include "bench/gpu_yardstick.h"
+#include "cuda/gemm.cuh"
 #include "nlohmann/json.hpp"
 
 namespace m40llm {
 namespace {
 
-#define BENCH_CHECK(expr)                                                       \
-  do {                                                                          \
-    cudaError_t e_ = (expr);                                                    \
-    if (e_ != cudaSuccess) {                                                    \
-      std::fprintf(stderr, "%s failed: %s\n", #expr, cudaGetErrorString(e_));   \
-      return 1;                                                                 \
-    }                                                                           \
-  } while (0)
+using bench::ProductBench;
 
 struct Shape {
   const char* name;
-  int64_t rows, cols;
+  int64_t rows;
+  int64_t cols;
 };
 
-// Median of `reps` timings (ms) of `fn` launched on the default stream.
-template <typename Fn>
-double MedianMs(int reps, Fn fn) {
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  fn();  // warm-up
-  cudaDeviceSynchronize();
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    cudaEventRecord(a);
-    fn();
-    cudaEventRecord(b);
-    cudaEventSynchronize(b);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, a, b);
-    t.push_back(ms);
+const char* TileName(gpu::GemmTile t) {
+  switch (t) {
+    case gpu::GemmTile::kAuto:
+      return "auto";
+    case gpu::GemmTile::k128x128:
+      return "128x128";
+    case gpu::GemmTile::k64x128:
+      return "64x128";
+    case gpu::GemmTile::k64x64:
+      return "64x64";
   }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  return "?";
+}
+
+int Fail(const absl::Status& st, const char* what) {
+  std::fprintf(stderr, "%s: %s\n", what, st.ToString().c_str());
+  return 1;
 }
 
 int Main(int argc, char** argv) {
-  CLI::App app{"m40llm GPU kernel benchmark: copy bandwidth and FP16 matvec"};
+  CLI::App app{"m40llm GPU kernel benchmark: copy bandwidth, FP16-weight products vs cuBLAS"};
   std::string json_path = "cuda_kernel_bench.json";
-  int reps = 50;
+  bench::TimingOptions timing;
   app.add_option("--json", json_path, "JSON output path")->capture_default_str();
-  app.add_option("--reps", reps, "timed repetitions (median reported)")->capture_default_str();
+  app.add_option("--reps", timing.reps, "timed repetitions (median reported)")
+      ->capture_default_str();
+  app.add_option("--warmup", timing.warmup, "untimed runs first")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
-  cudaDeviceProp prop{};
-  BENCH_CHECK(cudaGetDeviceProperties(&prop, 0));
+  auto gpu = bench::QueryGpu();
+  if (!gpu.ok()) return Fail(gpu.status(), "QueryGpu");
+  auto copy = bench::MeasureCopyBandwidth(int64_t{1} << 30, timing);
+  if (!copy.ok()) return Fail(copy.status(), "MeasureCopyBandwidth");
+  const double copy_gbs = copy->gbs;
+  std::printf("GPU: %s (sm_%d%d, %d SMs, %.0f MB L2); device-to-device copy %.1f GB/s (read + write)\n",
+              gpu->name.c_str(), gpu->cc_major, gpu->cc_minor, gpu->sm_count,
+              static_cast<double>(gpu->l2_bytes) / 1e6, copy_gbs);
 
-  // Device-to-device copy: bytes read + bytes written per second.
-  const size_t copy_bytes = size_t{1} << 30;
-  void *src = nullptr, *dst = nullptr;
-  BENCH_CHECK(cudaMalloc(&src, copy_bytes));
-  BENCH_CHECK(cudaMalloc(&dst, copy_bytes));
-  BENCH_CHECK(cudaMemset(src, 1, copy_bytes));
-  const double copy_ms =
-      MedianMs(reps / 5 + 1, [&] { cudaMemcpyAsync(dst, src, copy_bytes, cudaMemcpyDeviceToDevice); });
-  const double copy_gbs = 2.0 * copy_bytes / (copy_ms * 1e-3) / 1e9;
-  BENCH_CHECK(cudaFree(src));
-  BENCH_CHECK(cudaFree(dst));
-
-  const Shape shapes[] = {{"attn 4096x4096", 4096, 4096},
-                          {"ffn_up 11008x4096", 11008, 4096},
-                          {"ffn_down 4096x11008", 4096, 11008},
-                          {"lm_head 32000x4096", 32000, 4096},
-                          {"tinyllama ffn 5632x2048", 5632, 2048}};
-  const int toks[] = {1, 4, 16, 32};
-
-  std::printf("GPU: %s (%d SMs); device-to-device copy %.1f GB/s (read + write)\n", prop.name,
-              prop.multiProcessorCount, copy_gbs);
-  std::printf("%-26s %6s %10s %10s %10s\n", "matvec (FP16 W, FP32 x)", "n_tok", "us", "W GB/s",
-              "of copy");
   nlohmann::json j;
-  j["device"] = prop.name;
+  j["device"] = gpu->name;
+  j["sm_count"] = gpu->sm_count;
+  j["compute_capability"] = std::to_string(gpu->cc_major) + "." + std::to_string(gpu->cc_minor);
   j["copy_gbs"] = copy_gbs;
-  std::mt19937 rng(1);
-  std::uniform_real_distribution<float> u(-1, 1);
-  for (const Shape& s : shapes) {
-    const size_t n = static_cast<size_t>(s.rows * s.cols);
-    std::vector<uint16_t> hw(n);
-    for (auto& v : hw) v = FloatToHalf(u(rng));
-    uint16_t* w = nullptr;
-    float *x = nullptr, *y = nullptr;
-    BENCH_CHECK(cudaMalloc(reinterpret_cast<void**>(&w), n * 2));
-    BENCH_CHECK(cudaMemcpy(w, hw.data(), n * 2, cudaMemcpyHostToDevice));
-    BENCH_CHECK(cudaMalloc(reinterpret_cast<void**>(&x), sizeof(float) * 32 * s.cols));
-    BENCH_CHECK(cudaMalloc(reinterpret_cast<void**>(&y), sizeof(float) * 32 * s.rows));
-    std::vector<float> hx(32 * s.cols);
-    for (auto& v : hx) v = u(rng);
-    BENCH_CHECK(cudaMemcpy(x, hx.data(), hx.size() * 4, cudaMemcpyHostToDevice));
-    for (int t : toks) {
-      bool ok = true;
-      const double ms = MedianMs(reps, [&] {
-        ok = ok && gpu::LaunchMatVecF16(w, s.rows, s.cols, s.cols, x, t, y, nullptr).ok();
-      });
-      BENCH_CHECK(cudaGetLastError());
-      if (!ok) {
-        std::fprintf(stderr, "matvec launch failed for %s\n", s.name);
-        return 1;
+  j["timing"] = {{"warmup", timing.warmup}, {"reps", timing.reps}, {"statistic", "median"}};
+
+  // One set of device buffers per shape, shared by all sections.
+  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<ProductBench>> benches;
+  auto bench_for = [&](const Shape& s) -> ProductBench* {
+    auto& slot = benches[{s.rows, s.cols}];
+    if (!slot) {
+      auto created = ProductBench::Create(s.rows, s.cols, 512);
+      if (!created.ok()) {
+        Fail(created.status(), "ProductBench::Create");
+        return nullptr;
       }
-      const double gbs = n * 2.0 / (ms * 1e-3) / 1e9;
-      std::printf("%-26s %6d %10.1f %10.1f %9.0f%%\n", s.name, t, ms * 1e3, gbs,
-                  100.0 * gbs / copy_gbs);
+      slot = std::move(*created);
+    }
+    return slot.get();
+  };
+
+  const Shape matvec_shapes[] = {{"attn 4096x4096", 4096, 4096},
+                                 {"ffn_up 11008x4096", 11008, 4096},
+                                 {"ffn_down 4096x11008", 4096, 11008},
+                                 {"lm_head 32000x4096", 32000, 4096},
+                                 {"tinyllama ffn 5632x2048", 5632, 2048}};
+  std::printf("\nskinny product LaunchMatVecF16 (FP16 W, FP32 x); cuBLAS on FP32 W\n");
+  std::printf("%-24s %5s %9s %9s %7s | %6s %9s %9s %7s %8s\n", "shape", "n_tok", "us", "W GB/s",
+              "of copy", "cuBLAS", "us", "W32 GB/s", "of copy", "rel diff");
+  for (const Shape& s : matvec_shapes) {
+    ProductBench* pb = bench_for(s);
+    if (pb == nullptr) return 1;
+    for (int64_t t : {1, 4, 16, 32, 64}) {
+      auto r = pb->MatVec(t, timing);
+      if (!r.ok()) return Fail(r.status(), "MatVec");
+      std::printf("%-24s %5lld %9.1f %9.1f %6.0f%% | %6s %9.1f %9.1f %6.0f%% %8.1e\n", s.name,
+                  static_cast<long long>(t), r->ms * 1e3, r->weight_gbs,
+                  100.0 * r->weight_gbs / copy_gbs, r->cublas_routine.c_str(), r->cublas_ms * 1e3,
+                  r->cublas_weight_gbs, 100.0 * r->cublas_weight_gbs / copy_gbs,
+                  r->rel_l2_vs_cublas);
       j["matvec"].push_back({{"shape", s.name},
                              {"rows", s.rows},
                              {"cols", s.cols},
                              {"n_tok", t},
-                             {"us", ms * 1e3},
-                             {"weight_gbs", gbs},
-                             {"fraction_of_copy", gbs / copy_gbs}});
+                             {"us", r->ms * 1e3},
+                             {"weight_gbs", r->weight_gbs},
+                             {"fraction_of_copy", r->weight_gbs / copy_gbs},
+                             {"cublas_routine", r->cublas_routine},
+                             {"cublas_us", r->cublas_ms * 1e3},
+                             {"cublas_fp32_weight_gbs", r->cublas_weight_gbs},
+                             {"rel_l2_vs_cublas", r->rel_l2_vs_cublas}});
     }
-    cudaFree(w);
-    cudaFree(x);
-    cudaFree(y);
   }
+
+  const Shape gemm_shapes[] = {{"4096x4096", 4096, 4096},   {"11008x4096", 11008, 4096},
+                               {"4096x11008", 4096, 11008}, {"2048x2048", 2048, 2048},
+                               {"5632x2048", 5632, 2048},   {"2048x5632", 2048, 5632},
+                               {"32000x4096", 32000, 4096}};
+  constexpr int64_t kPrefillTok = 512;
+  const gpu::GemmTile tiles[] = {gpu::GemmTile::k128x128, gpu::GemmTile::k64x128,
+                                 gpu::GemmTile::k64x64};
+  std::printf("\nGEMM LaunchGemmF16 at n_tok %lld (auto tile) vs cuBLAS SGEMM on FP32 W; "
+              "TFLOP/s of each tile\n",
+              static_cast<long long>(kPrefillTok));
+  std::printf("%-12s %9s %8s | %9s %8s %8s %8s | %8s %8s %8s\n", "rows x cols", "us", "TFLOP/s",
+              "cuBLAS us", "TFLOP/s", "of cuBLAS", "rel diff", "128x128", "64x128", "64x64");
+  for (const Shape& s : gemm_shapes) {
+    ProductBench* pb = bench_for(s);
+    if (pb == nullptr) return 1;
+    auto r = pb->Gemm(kPrefillTok, gpu::GemmTile::kAuto, true, timing);
+    if (!r.ok()) return Fail(r.status(), "Gemm");
+    nlohmann::json row = {{"shape", s.name},
+                          {"rows", s.rows},
+                          {"cols", s.cols},
+                          {"n_tok", kPrefillTok},
+                          {"us", r->ms * 1e3},
+                          {"tflops", r->tflops},
+                          {"cublas_us", r->cublas_ms * 1e3},
+                          {"cublas_tflops", r->cublas_tflops},
+                          {"fraction_of_cublas", r->tflops / r->cublas_tflops},
+                          {"rel_l2_vs_cublas", r->rel_l2_vs_cublas}};
+    double per_tile[3] = {};
+    for (int i = 0; i < 3; ++i) {
+      auto rt = pb->Gemm(kPrefillTok, tiles[i], false, timing);
+      if (!rt.ok()) return Fail(rt.status(), "Gemm tile");
+      per_tile[i] = rt->tflops;
+      row["tile_tflops"][TileName(tiles[i])] = rt->tflops;
+    }
+    std::printf("%-12s %9.1f %8.2f | %9.1f %8.2f %7.0f%% %8.1e | %8.2f %8.2f %8.2f\n", s.name,
+                r->ms * 1e3, r->tflops, r->cublas_ms * 1e3, r->cublas_tflops,
+                100.0 * r->tflops / r->cublas_tflops, r->rel_l2_vs_cublas, per_tile[0],
+                per_tile[1], per_tile[2]);
+    j["gemm"].push_back(row);
+  }
+
+  // Where the GEMM overtakes the skinny kernel. LaunchMatMulF16 keeps the
+  // skinny kernel up to at least 64 tokens regardless (batch invariance).
+  const Shape cross_shapes[] = {{"4096x4096", 4096, 4096},
+                                {"11008x4096", 11008, 4096},
+                                {"4096x11008", 4096, 11008},
+                                {"5632x2048", 5632, 2048}};
+  std::printf("\nskinny vs GEMM (auto tile), us; LaunchMatMulF16 switches above %lld tokens\n",
+              static_cast<long long>(gpu::kMatMulSkinnyMaxTokens));
+  std::printf("%-12s %5s %9s %9s %8s\n", "rows x cols", "n_tok", "skinny", "GEMM", "faster");
+  for (const Shape& s : cross_shapes) {
+    ProductBench* pb = bench_for(s);
+    if (pb == nullptr) return 1;
+    for (int64_t t : {16, 32, 48, 64, 96, 128, 192, 256}) {
+      auto mv = pb->MatVec(t, timing);
+      if (!mv.ok()) return Fail(mv.status(), "MatVec");
+      auto gm = pb->Gemm(t, gpu::GemmTile::kAuto, false, timing);
+      if (!gm.ok()) return Fail(gm.status(), "Gemm");
+      std::printf("%-12s %5lld %9.1f %9.1f %8s\n", s.name, static_cast<long long>(t),
+                  mv->ms * 1e3, gm->ms * 1e3, mv->ms <= gm->ms ? "skinny" : "GEMM");
+      j["crossover"].push_back({{"shape", s.name},
+                                {"rows", s.rows},
+                                {"cols", s.cols},
+                                {"n_tok", t},
+                                {"skinny_us", mv->ms * 1e3},
+                                {"gemm_us", gm->ms * 1e3}});
+    }
+  }
+
   std::ofstream(json_path) << j.dump(2) << "\n";
   std::printf("wrote %s\n", json_path.c_str());
   return 0;

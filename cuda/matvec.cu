@@ -1,14 +1,25 @@
-// Skinny FP16-weight matrix product kernel and launcher (see matvec.cuh).
+// Skinny FP16-weight matrix product kernels and launcher (see matvec.cuh).
 //
-// Bandwidth-bound for few tokens: every weight byte is read once per token
-// tile, 16 bytes (8 halves) per lane per load through the read-only cache,
-// kRowsPerWarp independent rows per warp for loads in flight. A block of
-// kWarps warps covers kWarps * kRowsPerWarp rows and kTok tokens; it stages
-// x for its kTok tokens in shared memory kChunk columns at a time, so shared
-// memory stays at 16 KiB (32 KiB for 8-token tiles) whatever cols is. The
-// token tiles of one row block are adjacent blocks, so for more than 8 tokens
-// the weights come from DRAM once and from L2 for the other tiles. Each lane
-// accumulates its columns in FP32, then a warp butterfly sums the lanes.
+// Summation order, the same in every kernel here (this is what makes a
+// token's result independent of n_tok and of the other tokens): the warp that
+// owns a weight row gives lane l the columns 256 s + 8 l + j of each 256-column
+// stride s; the lane sums their products with fmaf into one FP32 accumulator
+// starting at 0.0f, strides in order and j = 0..7 in order within a stride
+// (columns past cols contribute fmaf(0, 0, acc)); then a butterfly over the
+// 32 lanes (kernel_util.h WarpSum) gives the total. The kernels differ only in
+// how many tokens and rows share each load.
+//
+// Bandwidth: weights are read with 16-byte loads through the read-only cache,
+// every weight byte once per token tile, and enough of them are in flight:
+// - 1 token: no shared memory; x comes through L1 (every warp reads the same
+//   vector); a warp owns kRows rows and loads kUnroll strides of all of them
+//   before its FMAs.
+// - 4 or 8 tokens per tile: x for the tile is staged in shared memory a chunk
+//   of columns at a time, token-interleaved (one float4 holds 4 tokens' values
+//   of one column), so each weight, converted once, feeds kTok FMAs from one
+//   or two shared loads and each x float4 feeds kRows rows. The token tiles of
+//   one row block are adjacent blocks, so they run together and the weights
+//   come from DRAM once per call and from L2 for the other tiles.
 #include <cstdint>
 
 #include "cuda/cuda_check.h"
@@ -20,157 +31,257 @@ namespace {
 
 using internal::kWarpSize;
 
-// Where column w of a staged chunk lives in shared memory on the 16-byte path.
-// Lane l reads the 8 columns [8l, 8l + 8) of each 256-column stride as two
-// float4. Stored plainly, the 8 lanes of a quarter-warp would span 64 floats
-// and collide two to a bank; this permutation puts the first float4 of those
-// 8 lanes in one 32-float run and their second float4 in the next, so every
-// quarter-warp reads 32 distinct banks.
-__device__ __forceinline__ int SwizzledPos(int w) {
-  return (w & ~63) | ((w & 4) << 3) | (((w >> 3) & 7) << 2) | (w & 3);
+constexpr int kBlock = 128;  // threads per block, every kernel here
+constexpr int kWarps = kBlock / kWarpSize;
+constexpr int kStride = kWarpSize * 8;  // columns per lane stride
+
+// Half j (0..7, compile-time after unrolling) of 8 packed FP16 values, as FP32.
+__device__ __forceinline__ float HalfOf(const uint4& u, int j) {
+  const uint32_t word = j < 2 ? u.x : j < 4 ? u.y : j < 6 ? u.z : u.w;
+  return internal::HalfBitsToFloat(static_cast<uint16_t>(j % 2 == 0 ? word & 0xffffu : word >> 16));
 }
 
-// Register budget per thread, as blocks of 128 threads resident per SM
-// (64K registers): 4 (<= 128 registers) for token tiles of 4 and 8, 5 (<= 96)
-// for 2 and 6 (<= 80) for 1, so occupancy on the M40 does not hinge on the
-// compiler's scheduling whims.
-template <int kTok>
-constexpr int MinBlocksFor() {
-  return kTok >= 4 ? 4 : (kTok == 2 ? 5 : 6);
+// Columns [c, c + 8) of a weight row, all inside the row's cols.
+template <bool kVec16>
+__device__ __forceinline__ uint4 LoadW8(const uint16_t* row, int64_t c) {
+  if constexpr (kVec16) {
+    return __ldg(reinterpret_cast<const uint4*>(row + c));
+  } else {
+    const unsigned short* p = reinterpret_cast<const unsigned short*>(row) + c;
+    uint32_t h[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) h[j] = __ldg(p + j);
+    return make_uint4(h[0] | h[1] << 16, h[2] | h[3] << 16, h[4] | h[5] << 16, h[6] | h[7] << 16);
+  }
 }
 
-template <int kBlock, int kRowsPerWarp, int kTok, int kChunk, bool kVec16>
-__global__ void __launch_bounds__(kBlock, MinBlocksFor<kTok>())
-    MatVecF16Kernel(const uint16_t* __restrict__ w,  // (rows, ld) FP16
-                    int64_t rows, int64_t cols, int64_t ld,
-                    const float* __restrict__ x,  // (n_tok, cols)
-                    int64_t n_tok,
-                    float* __restrict__ y,  // (n_tok, rows)
-                    int n_tiles, bool x_vec4) {
-  static_assert(kBlock % kWarpSize == 0, "whole warps");
-  static_assert(kChunk % 256 == 0, "a chunk is whole 256-column lane strides");
-  constexpr int kWarps = kBlock / kWarpSize;
-  __shared__ __align__(16) float xs[kTok * kChunk];  // (kTok, kChunk)
+// Columns [c, c + 8) of a weight row whose columns end at n (< c + 8):
+// zeros past n, which are never read.
+__device__ __forceinline__ uint4 LoadW8Tail(const uint16_t* row, int64_t c, int64_t n) {
+  const unsigned short* p = reinterpret_cast<const unsigned short*>(row) + c;
+  uint32_t h[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) h[j] = c + j < n ? __ldg(p + j) : 0u;
+  return make_uint4(h[0] | h[1] << 16, h[2] | h[3] << 16, h[4] | h[5] << 16, h[6] | h[7] << 16);
+}
+
+// x[c, c + 8) of one token, zeros past cols.
+__device__ __forceinline__ void LoadX8(const float* __restrict__ x, int64_t c, int64_t cols,
+                                       bool x_vec4, float out[8]) {
+  if (x_vec4 && c + 8 <= cols) {
+    const float4 lo = __ldg(reinterpret_cast<const float4*>(x + c));
+    const float4 hi = __ldg(reinterpret_cast<const float4*>(x + c + 4));
+    out[0] = lo.x;
+    out[1] = lo.y;
+    out[2] = lo.z;
+    out[3] = lo.w;
+    out[4] = hi.x;
+    out[5] = hi.y;
+    out[6] = hi.z;
+    out[7] = hi.w;
+  } else {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) out[j] = c + j < cols ? __ldg(x + c + j) : 0.0f;
+  }
+}
+
+// One token. A warp owns kRows consecutive rows; per pass each lane loads
+// kUnroll strides x kRows rows of 16 bytes before using any of them.
+template <int kRows, int kUnroll, bool kVec16>
+__global__ void __launch_bounds__(kBlock)
+    MatVec1Kernel(const uint16_t* __restrict__ w,  // (rows, ld) FP16
+                  int64_t rows, int64_t cols, int64_t ld,
+                  const float* __restrict__ x,  // (1, cols)
+                  float* __restrict__ y,        // (1, rows)
+                  bool x_vec4) {
+  static_assert(kRows <= kWarpSize, "one storing lane per row");
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kRows;
+  if (row0 >= rows) return;  // whole warp; no block barrier below
+
+  // Rows past the end alias the last row: loads stay in bounds and branch-free.
+  const uint16_t* wr[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) wr[r] = w + (row0 + r < rows ? row0 + r : rows - 1) * ld;
+
+  float acc[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) acc[r] = 0.0f;
+
+  int64_t c = lane * 8;
+  for (; c + kStride * (kUnroll - 1) + 8 <= cols; c += kStride * kUnroll) {
+    uint4 raw[kUnroll][kRows];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) raw[u][r] = LoadW8<kVec16>(wr[r], c + kStride * u);
+    }
+    float xv[kUnroll][8];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) LoadX8(x, c + kStride * u, cols, x_vec4, xv[u]);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        float a = acc[r];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) a = fmaf(HalfOf(raw[u][r], j), xv[u][j], a);
+        acc[r] = a;
+      }
+    }
+  }
+  // The last strides, one at a time, the final one possibly partial.
+  for (; c < cols; c += kStride) {
+    const bool full = c + 8 <= cols;
+    uint4 raw[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      raw[r] = full ? LoadW8<kVec16>(wr[r], c) : LoadW8Tail(wr[r], c, cols);
+    }
+    float xv[8];
+    LoadX8(x, c, cols, x_vec4, xv);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      float a = acc[r];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) a = fmaf(HalfOf(raw[r], j), xv[j], a);
+      acc[r] = a;
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const float sum = internal::WarpSum(acc[r]);
+    if (lane == r && row0 + r < rows) y[row0 + r] = sum;
+  }
+}
+
+// Position of quad p of a staged chunk (quad p = column p / kQ, tokens
+// 4 (p % kQ) .. + 3). In a lane's read of column 8 l + j, the quad index's low
+// 3 bits are the same for every lane; XOR-ing them with l's low 3 bits (the
+// bits of p just above the lane's 8 kQ quads) gives the 8 lanes of each
+// quarter-warp 8 different 16-byte bank groups. It only permutes within
+// aligned runs of 8 quads.
+template <int kQ>
+__device__ __forceinline__ int SwizzledQuad(int p) {
+  constexpr int kShift = kQ == 1 ? 3 : 4;  // log2(8 kQ)
+  return p ^ ((p >> kShift) & 7);
+}
+
+// Minimum resident blocks per SM for the register cap: 8 rows x 8 tokens
+// holds 64 accumulators and 32 packed weight words (<= 168 registers);
+// the others fit in 128.
+template <int kTok, int kRows>
+constexpr int TileMinBlocks() {
+  return kTok * kRows >= 64 ? 3 : 4;
+}
+
+// kTok (4 or 8) tokens per block. A warp owns kRows rows; per pass a lane
+// loads kUnroll strides x kRows rows of 16 bytes. x for the tile's tokens is
+// staged kChunk columns at a time (32 KiB of shared memory).
+template <int kTok, int kRows, int kUnroll, bool kVec16>
+__global__ void __launch_bounds__(kBlock, (TileMinBlocks<kTok, kRows>()))
+    MatVecTileKernel(const uint16_t* __restrict__ w,  // (rows, ld) FP16
+                     int64_t rows, int64_t cols, int64_t ld,
+                     const float* __restrict__ x,  // (n_tok, cols)
+                     int64_t n_tok,
+                     float* __restrict__ y,  // (n_tok, rows)
+                     int n_tiles) {
+  static_assert(kTok == 4 || kTok == 8, "tiles of 4 or 8 tokens");
+  constexpr int kQ = kTok / 4;          // quads per column
+  constexpr int kChunk = 8192 / kTok;   // columns per stage: whole strides
+  constexpr int kQuads = kChunk * kQ;   // 2048 float4 = 32 KiB
+  static_assert(kChunk % kStride == 0, "a chunk is whole lane strides");
+  __shared__ float4 xs[kQuads];  // (kChunk, kTok) swizzled
 
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
-  // The token tiles of one row block are consecutive blocks, so they run
-  // together and all but the first read the block's weights from L2.
   const int64_t row_block = blockIdx.x / n_tiles;
   const int tile = static_cast<int>(blockIdx.x % n_tiles);
-  const int64_t row0 = (row_block * kWarps + warp) * kRowsPerWarp;
+  const int64_t row0 = (row_block * kWarps + warp) * kRows;
   const int64_t tok0 = static_cast<int64_t>(tile) * kTok;
   const bool warp_has_rows = row0 < rows;  // warp-uniform
 
-  // Rows past the end alias the last row: their loads stay in bounds and
-  // branch-free, and their sums are never stored.
-  const uint16_t* wr[kRowsPerWarp];
+  const uint16_t* wr[kRows];
 #pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) {
-    const int64_t row = row0 + r < rows ? row0 + r : rows - 1;
-    wr[r] = w + row * ld;
-  }
+  for (int r = 0; r < kRows; ++r) wr[r] = w + (row0 + r < rows ? row0 + r : rows - 1) * ld;
 
-  float acc[kRowsPerWarp][kTok];
+  float acc[kRows][kTok];
 #pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) {
+  for (int r = 0; r < kRows; ++r) {
 #pragma unroll
     for (int t = 0; t < kTok; ++t) acc[r][t] = 0.0f;
   }
 
+  // acc[r][*] += the 8 columns of `raw[r]` times the staged x at chunk column c.
+  auto fma8 = [&](const uint4 (&raw)[kRows], int c) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      float wv[kRows];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) wv[r] = HalfOf(raw[r], j);
+#pragma unroll
+      for (int q = 0; q < kQ; ++q) {
+        const float4 xq = xs[SwizzledQuad<kQ>((c + j) * kQ + q)];
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+          acc[r][4 * q + 0] = fmaf(wv[r], xq.x, acc[r][4 * q + 0]);
+          acc[r][4 * q + 1] = fmaf(wv[r], xq.y, acc[r][4 * q + 1]);
+          acc[r][4 * q + 2] = fmaf(wv[r], xq.z, acc[r][4 * q + 2]);
+          acc[r][4 * q + 3] = fmaf(wv[r], xq.w, acc[r][4 * q + 3]);
+        }
+      }
+    }
+  };
+
   for (int64_t c0 = 0; c0 < cols; c0 += kChunk) {
     const int n_c = static_cast<int>(cols - c0 < kChunk ? cols - c0 : kChunk);
     __syncthreads();  // every warp is done with the previous chunk
-    // Zeros past cols and past n_tok: the tail vector multiplies them by zero
-    // weights, and absent tokens accumulate zeros that are never stored.
-    if (kTok > 1 && x_vec4) {
-      // 16-byte loads; 4 consecutive columns stay consecutive under the swizzle.
-      // (One token keeps scalar staging: it is a small share of its work, and
-      // the vector path would cost the single-token kernel registers.)
-      constexpr int kQuads = kChunk / 4;
-      for (int idx = threadIdx.x; idx < kTok * kQuads; idx += kBlock) {
-        const int t = idx / kQuads;
-        const int c = (idx % kQuads) * 4;
-        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (tok0 + t < n_tok) {
-          const float* src = x + (tok0 + t) * cols + c0 + c;
-          if (c + 4 <= n_c) {
-            v = __ldg(reinterpret_cast<const float4*>(src));
-          } else {
-            if (c + 0 < n_c) v.x = __ldg(src + 0);
-            if (c + 1 < n_c) v.y = __ldg(src + 1);
-            if (c + 2 < n_c) v.z = __ldg(src + 2);
-          }
-        }
-        *reinterpret_cast<float4*>(&xs[t * kChunk + (kVec16 ? SwizzledPos(c) : c)]) = v;
+    // Consecutive threads take consecutive columns of one token quad, so the
+    // global loads of each token row are coalesced. Zeros past the chunk's
+    // columns and past n_tok.
+    for (int idx = threadIdx.x; idx < kQuads; idx += kBlock) {
+      const int col = idx % kChunk;
+      const int q = idx / kChunk;
+      float v[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int64_t t = tok0 + 4 * q + i;
+        v[i] = col < n_c && t < n_tok ? __ldg(x + t * cols + c0 + col) : 0.0f;
       }
-    } else {
-      for (int idx = threadIdx.x; idx < kTok * kChunk; idx += kBlock) {
-        const int t = idx / kChunk;
-        const int c = idx % kChunk;
-        float v = 0.0f;
-        if (c < n_c && tok0 + t < n_tok) v = x[(tok0 + t) * cols + c0 + c];
-        xs[t * kChunk + (kVec16 ? SwizzledPos(c) : c)] = v;
-      }
+      xs[SwizzledQuad<kQ>(col * kQ + q)] = make_float4(v[0], v[1], v[2], v[3]);
     }
     __syncthreads();
     if (!warp_has_rows) continue;
 
-    if constexpr (kVec16) {
-      for (int c = lane * 8; c < n_c; c += kWarpSize * 8) {
-        float wf[kRowsPerWarp][8];
-        if (c + 8 <= n_c) {
+    int c = lane * 8;
+    for (; c + kStride * (kUnroll - 1) + 8 <= n_c; c += kStride * kUnroll) {
+      uint4 raw[kUnroll][kRows];
 #pragma unroll
-          for (int r = 0; r < kRowsPerWarp; ++r) {
-            const uint4 u = __ldg(reinterpret_cast<const uint4*>(wr[r] + c0 + c));
-            internal::UnpackHalf8(u, wf[r]);
-          }
-        } else {
-          // Tail: the last 1..7 columns of a row whose cols is not a multiple of 8.
+      for (int u = 0; u < kUnroll; ++u) {
 #pragma unroll
-          for (int r = 0; r < kRowsPerWarp; ++r) {
-#pragma unroll
-            for (int j = 0; j < 8; ++j) {
-              wf[r][j] = c + j < n_c ? internal::LoadHalf(wr[r] + c0 + c + j) : 0.0f;
-            }
-          }
-        }
-        const int p = SwizzledPos(c);
-#pragma unroll
-        for (int t = 0; t < kTok; ++t) {
-          const float4 lo = *reinterpret_cast<const float4*>(&xs[t * kChunk + p]);
-          const float4 hi = *reinterpret_cast<const float4*>(&xs[t * kChunk + p + 32]);
-          const float xv[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-#pragma unroll
-          for (int r = 0; r < kRowsPerWarp; ++r) {
-            float a = acc[r][t];
-#pragma unroll
-            for (int j = 0; j < 8; ++j) a = fmaf(wf[r][j], xv[j], a);
-            acc[r][t] = a;
-          }
-        }
+        for (int r = 0; r < kRows; ++r) raw[u][r] = LoadW8<kVec16>(wr[r], c0 + c + kStride * u);
       }
-    } else {
-      // Rows not 16-byte aligned: 2-byte loads, still coalesced across the warp.
-      for (int c = lane; c < n_c; c += kWarpSize) {
-        float wf[kRowsPerWarp];
 #pragma unroll
-        for (int r = 0; r < kRowsPerWarp; ++r) wf[r] = internal::LoadHalf(wr[r] + c0 + c);
+      for (int u = 0; u < kUnroll; ++u) fma8(raw[u], c + kStride * u);
+    }
+    for (; c < n_c; c += kStride) {
+      const bool full = c + 8 <= n_c;
+      uint4 raw[kRows];
 #pragma unroll
-        for (int t = 0; t < kTok; ++t) {
-          const float xv = xs[t * kChunk + c];
-#pragma unroll
-          for (int r = 0; r < kRowsPerWarp; ++r) acc[r][t] = fmaf(wf[r], xv, acc[r][t]);
-        }
+      for (int r = 0; r < kRows; ++r) {
+        raw[r] = full ? LoadW8<kVec16>(wr[r], c0 + c) : LoadW8Tail(wr[r], c0 + c, cols);
       }
+      fma8(raw, c);
     }
   }
 
   if (!warp_has_rows) return;
-    // Butterfly sums leave every total in every lane; lane k stores total k so
-    // the stores spread over the warp instead of serialising on lane 0.
+  // Butterfly sums leave every total in every lane; lane k stores total k so
+  // the stores spread over the warp instead of serialising on lane 0.
 #pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) {
+  for (int r = 0; r < kRows; ++r) {
 #pragma unroll
     for (int t = 0; t < kTok; ++t) {
       const float sum = internal::WarpSum(acc[r][t]);
@@ -182,41 +293,60 @@ __global__ void __launch_bounds__(kBlock, MinBlocksFor<kTok>())
   }
 }
 
-constexpr int kMatVecBlock = 128;
-constexpr int kMatVecRowsPerWarp = 4;
-constexpr int kMatVecRowsPerBlock = kMatVecBlock / kWarpSize * kMatVecRowsPerWarp;
-
-// Shared memory per block: kTok * kChunk floats, 16 KiB up to 4 tokens and
-// 32 KiB for 8 (4 lane strides a chunk, as for 4: fewer block barriers and
-// x stagings per weight byte).
-template <int kTok>
-constexpr int ChunkFor() {
-  return kTok == 8 ? 1024 : 4096 / kTok;
+// Multiprocessors of the current device (0 when it cannot be read).
+int DeviceSmCount() {
+  int dev = 0;
+  int sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+    static_cast<void>(cudaGetLastError());
+    return 0;
+  }
+  return sms;
 }
 
-template <int kTok, bool kVec16>
-void Launch(const uint16_t* w, int64_t rows, int64_t cols, int64_t ld, const float* x,
-            int64_t n_tok, float* y, cudaStream_t stream) {
-  constexpr int kChunk = ChunkFor<kTok>();
-  const int64_t row_blocks = (rows + kMatVecRowsPerBlock - 1) / kMatVecRowsPerBlock;
-  const int n_tiles = static_cast<int>((n_tok + kTok - 1) / kTok);
+// Single-token kernel shape: 2 rows x 4 strides = 128 bytes per lane in flight.
+constexpr int kRows1 = 2;
+constexpr int kUnroll1 = 4;
+
+template <bool kVec16>
+void Launch1(const uint16_t* w, int64_t rows, int64_t cols, int64_t ld, const float* x, float* y,
+             cudaStream_t stream) {
+  constexpr int64_t kRowsPerBlock = kWarps * kRows1;
   const bool x_vec4 = cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  const dim3 grid(static_cast<unsigned int>((rows + kRowsPerBlock - 1) / kRowsPerBlock));
+  MatVec1Kernel<kRows1, kUnroll1, kVec16><<<grid, kBlock, 0, stream>>>(w, rows, cols, ld, x, y,
+                                                                       x_vec4);
+}
+
+template <int kTok, int kRows, int kUnroll, bool kVec16>
+void LaunchTiles(const uint16_t* w, int64_t rows, int64_t cols, int64_t ld, const float* x,
+                 int64_t n_tok, float* y, cudaStream_t stream) {
+  constexpr int64_t kRowsPerBlock = kWarps * kRows;
+  const int64_t row_blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  const int n_tiles = static_cast<int>((n_tok + kTok - 1) / kTok);
   const dim3 grid(static_cast<unsigned int>(row_blocks * n_tiles));
-  MatVecF16Kernel<kMatVecBlock, kMatVecRowsPerWarp, kTok, kChunk, kVec16>
-      <<<grid, kMatVecBlock, 0, stream>>>(w, rows, cols, ld, x, n_tok, y, n_tiles, x_vec4);
+  MatVecTileKernel<kTok, kRows, kUnroll, kVec16>
+      <<<grid, kBlock, 0, stream>>>(w, rows, cols, ld, x, n_tok, y, n_tiles);
 }
 
 template <bool kVec16>
 void LaunchForTokens(const uint16_t* w, int64_t rows, int64_t cols, int64_t ld, const float* x,
                      int64_t n_tok, float* y, cudaStream_t stream) {
   if (n_tok == 1) {
-    Launch<1, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
-  } else if (n_tok == 2) {
-    Launch<2, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
+    Launch1<kVec16>(w, rows, cols, ld, x, y, stream);
   } else if (n_tok <= 4) {
-    Launch<4, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
+    LaunchTiles<4, 4, 2, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
   } else {
-    Launch<8, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
+    // 8 rows per warp halves the shared-memory reads per FMA; it needs four
+    // resident blocks per SM's worth of grid to keep enough bytes in flight,
+    // else 4 rows with two strides per pass.
+    const int64_t blocks8 = (rows + kWarps * 8 - 1) / (kWarps * 8) * ((n_tok + 7) / 8);
+    if (blocks8 >= 4 * static_cast<int64_t>(DeviceSmCount())) {
+      LaunchTiles<8, 8, 1, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
+    } else {
+      LaunchTiles<8, 4, 2, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
+    }
   }
 }
 
@@ -232,9 +362,8 @@ absl::Status LaunchMatVecF16(const uint16_t* w, int64_t rows, int64_t cols, int6
   if (w == nullptr || x == nullptr || y == nullptr) {
     return absl::InvalidArgumentError("LaunchMatVecF16: null pointer");
   }
-  if ((rows + kMatVecRowsPerBlock - 1) / kMatVecRowsPerBlock > INT32_MAX ||
-      (n_tok + 7) / 8 > 65535 ||
-      (rows + kMatVecRowsPerBlock - 1) / kMatVecRowsPerBlock * ((n_tok + 7) / 8) > INT32_MAX) {
+  // The largest grids: 8-row blocks for one token, 16-row blocks x 4-token tiles.
+  if ((rows + 7) / 8 > INT32_MAX || (rows + 15) / 16 * ((n_tok + 3) / 4) > INT32_MAX) {
     return absl::InvalidArgumentError("LaunchMatVecF16: shape exceeds the grid");
   }
   if (cols == 0) {

@@ -44,12 +44,15 @@ for b in "$build_dir"/bench/m40llm_*bench; do
   if [ -x "$b" ]; then cp "$b" "$pack/bin/"; fi
 done
 
-# Shared libraries outside the C/C++ runtime and the CUDA driver.
+# Shared libraries outside the C/C++ runtime and the CUDA driver. cuBLAS
+# (the benchmarks' yardstick, several hundred MiB) is far over the carry
+# limit: the GPU machine's CUDA toolkit provides it (run.sh below).
 system_lib='^(linux-vdso|ld-linux|libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|libcuda)\.'
+toolkit_lib='^(libcublas|libcublasLt)\.'
 for exe in "$pack"/bin/*; do
   ldd "$exe" | awk '$3 ~ /^\// {print $1, $3}'
 done | sort -u | while read -r name path; do
-  if [[ ! $name =~ $system_lib ]]; then cp -L "$path" "$pack/lib/$name"; fi
+  if [[ ! $name =~ $system_lib && ! $name =~ $toolkit_lib ]]; then cp -L "$path" "$pack/lib/$name"; fi
 done
 
 cat > "$pack/run.sh" <<'RUN'
@@ -61,7 +64,14 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-$here/../gpu-out}
 mkdir -p "$out"
-export LD_LIBRARY_PATH=$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# The pack's libraries first, then the machine's CUDA toolkit for cuBLAS
+# (libcublas.so.13, libcublasLt.so.13), which the pack leaves out.
+cuda_lib=
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+  if ls "$d"/libcublas.so.* >/dev/null 2>&1; then cuda_lib=$d; break; fi
+done
+[ -n "$cuda_lib" ] || echo "warning: no libcublas under /usr/local/cuda: the benchmarks will not start"
+export LD_LIBRARY_PATH=$here/lib${cuda_lib:+:$cuda_lib}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/gpu.txt" 2>&1
 cat "$out/gpu.txt"
 status=0

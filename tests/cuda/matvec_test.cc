@@ -1,13 +1,16 @@
 // Skinny FP16-weight matrix product vs cpu::MatMul on fresh random weights and
-// activations: n_tok 1, 2, 3, 5, 16, 64; odd rows; cols multiples of 8 and not
+// activations: n_tok 1, 2, 3, 4, 5, 8, 9, 16, 17, 64 (every kernel variant and
+// partial token tiles); odd rows; cols multiples of 8 and not
 // (4096 + 8 + 3 crosses a staging chunk and ends in a 3-column tail); weight
 // rows packed (ld == cols), padded to 8 halves (16-byte path with tail), and
 // misaligned (2-byte path). Padding holds NaN so a read past cols shows.
 // Tolerance: relative L2 <= 1e-5 (FP32 sums in a different order).
+// Batch invariance: a token's row is bit-identical alone and among 99 others.
 #include "cuda/matvec.cuh"
 
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -105,7 +108,7 @@ void RunShapes(const std::vector<Shape>& shapes, const std::vector<Layout>& layo
   int cases = 0;
   for (const Shape& sh : shapes) {
     for (Layout layout : layouts) {
-      for (int64_t n_tok : {1, 2, 3, 5, 16, 64}) {
+      for (int64_t n_tok : {1, 2, 3, 4, 5, 8, 9, 16, 17, 64}) {
         SCOPED_TRACE(::testing::Message() << "rows " << sh.rows << " cols " << sh.cols << " "
                                           << Name(layout) << " n_tok " << n_tok);
         const double err = RunCase(pool, rng, sh, layout, n_tok);
@@ -129,6 +132,40 @@ TEST(MatVecF16, ModelSizedShapes) {
   M40_REQUIRE_CUDA_DEVICE();
   RunShapes({{1000, 4096}, {515, 4096 + 8 + 3}, {64, 11008}, {4099, 512}},
             {Layout::kPacked, Layout::kPadded8, Layout::kMisaligned}, "model-sized");
+}
+
+// Each of 100 tokens alone (the one-token kernel) and all together (8-token
+// tiles) must give bit-identical rows; see matvec.cuh.
+TEST(MatVecF16, RowsIndependentOfBatch) {
+  M40_REQUIRE_CUDA_DEVICE();
+  const uint32_t seed = m40llm::testing::TestSeed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937 rng(seed);
+  constexpr int64_t kTok = 100;
+  for (Layout layout : {Layout::kPadded8, Layout::kMisaligned}) {
+    SCOPED_TRACE(Name(layout));
+    const int64_t rows = 517;
+    const int64_t cols = 2051;
+    const int64_t ld = LdFor(layout, cols);
+    const std::vector<uint16_t> w = RandomHalves(rng, rows * ld, -1.0f, 1.0f);
+    const std::vector<float> x = RandomFloats(rng, kTok * cols, -1.0f, 1.0f);
+    M40_ASSERT_OK_AND_ASSIGN(auto d_w, ToDevice(w));
+    M40_ASSERT_OK_AND_ASSIGN(auto d_x, ToDevice(x));
+    M40_ASSERT_OK_AND_ASSIGN(auto d_all, PoisonedFloats(kTok * rows));
+    M40_ASSERT_OK_AND_ASSIGN(auto d_one, PoisonedFloats(kTok * rows));
+    M40_ASSERT_OK(
+        LaunchMatVecF16(d_w.get(), rows, cols, ld, d_x.get(), kTok, d_all.get(), nullptr));
+    for (int64_t t = 0; t < kTok; ++t) {
+      M40_ASSERT_OK(LaunchMatVecF16(d_w.get(), rows, cols, ld, d_x.get() + t * cols, 1,
+                                    d_one.get() + t * rows, nullptr));
+    }
+    M40_ASSERT_OK_AND_ASSIGN(auto all, ToHost(d_all));
+    M40_ASSERT_OK_AND_ASSIGN(auto one, ToHost(d_one));
+    for (int64_t t = 0; t < kTok; ++t) {
+      EXPECT_EQ(std::memcmp(all.data() + t * rows, one.data() + t * rows, sizeof(float) * rows), 0)
+          << "token " << t;
+    }
+  }
 }
 
 TEST(MatVecF16, ZeroColumnsGiveZeros) {
