@@ -29,6 +29,8 @@
 #include <cstdint>
 
 #include "cuda/attention.cuh"
+
+#include "absl/strings/str_cat.h"
 #include "cuda/cuda_check.h"
 #include "cuda/kernel_util.h"
 
@@ -401,11 +403,16 @@ size_t DecodeAttentionWorkspaceBytes(int max_seqs, int n_head, int head_dim, int
   return static_cast<size_t>(BytesPerSplit(max_seqs, n_head, head_dim)) * max_splits;
 }
 
+int DecodeAttentionFixedSplitLen(int ctx_per_slot) {
+  const int64_t per_split = CeilDiv(std::max(ctx_per_slot, 1), kMaxSplits);
+  return static_cast<int>(std::max<int64_t>(kMinSplitLen, CeilDiv(per_split, kTile) * kTile));
+}
+
 absl::Status LaunchDecodeAttention(const float* q, int n_seq, int n_head, const int32_t* slots,
                                    const int32_t* lengths, int max_len, int n_head_kv, int head_dim,
                                    const uint16_t* k_cache, const uint16_t* v_cache, int max_slots,
                                    int ctx_per_slot, void* workspace, size_t workspace_bytes,
-                                   float* out, cudaStream_t stream) {
+                                   float* out, cudaStream_t stream, int fixed_split_len) {
   if (n_seq < 0) return absl::InvalidArgumentError("LaunchDecodeAttention: negative n_seq");
   if (n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv != 0) {
     return absl::InvalidArgumentError(
@@ -469,7 +476,25 @@ absl::Status LaunchDecodeAttention(const float* q, int n_seq, int n_head, const 
   a.max_slots = max_slots;
   a.ctx_per_slot = ctx_per_slot;
   a.group = group;
-  a.plan = PlanSplits(base_blocks, sm_count, max_len, n_seq, n_head, head_dim, workspace_bytes);
+  if (fixed_split_len > 0) {
+    if (fixed_split_len % kTile != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "LaunchDecodeAttention: fixed_split_len must be a multiple of ", kTile));
+    }
+    a.plan.split_len = fixed_split_len;
+    a.plan.n_splits = static_cast<int>(CeilDiv(max_len, fixed_split_len));
+    if (a.plan.n_splits > kMaxSplits ||
+        (a.plan.n_splits > 1 &&
+         static_cast<int64_t>(workspace_bytes) <
+             BytesPerSplit(n_seq, n_head, head_dim) * a.plan.n_splits)) {
+      return absl::InvalidArgumentError(
+          "LaunchDecodeAttention: fixed_split_len leaves more splits than the merge or the "
+          "workspace can take");
+    }
+  } else {
+    a.plan =
+        PlanSplits(base_blocks, sm_count, max_len, n_seq, n_head, head_dim, workspace_bytes);
+  }
   // As the CPU engine computes it.
   a.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   a.out = out;

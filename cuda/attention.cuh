@@ -51,12 +51,25 @@ size_t DecodeAttentionWorkspaceBytes(int max_seqs, int n_head, int head_dim, int
 // V are appended, pass each query token as its own entry with its slot and
 // length position + 1. That is exact causal attention, but it reads the
 // sequence's K and V once per query token (through L2), not once per tile.
+//
+// fixed_split_len: 0 plans the splits for speed from the whole call (n_seq,
+// max_len, the device), so a sequence's result can change in the last bits
+// with what else is in the batch. A positive value (from
+// DecodeAttentionFixedSplitLen) cuts every context into pieces of exactly that
+// many positions, so each sequence's output depends only on its own data:
+// batch-invariant decoding. The workspace must then hold the splits of
+// max_len (DecodeAttentionWorkspaceBytes covers it).
 [[nodiscard]] absl::Status LaunchDecodeAttention(const float* q, int n_seq, int n_head,
                                                  const int32_t* slots, const int32_t* lengths,
                                                  int max_len, int n_head_kv, int head_dim,
                                                  const uint16_t* k_cache, const uint16_t* v_cache,
                                                  int max_slots, int ctx_per_slot, void* workspace,
                                                  size_t workspace_bytes, float* out,
-                                                 cudaStream_t stream);
+                                                 cudaStream_t stream, int fixed_split_len = 0);
+
+// The split length for batch-invariant calls on a cache of ctx_per_slot
+// positions: the shortest whole number of tiles, at least the minimum split,
+// that cuts any context into at most the merge kernel's split limit.
+int DecodeAttentionFixedSplitLen(int ctx_per_slot);
 
 }  // namespace m40llm::gpu

@@ -556,7 +556,8 @@ absl::Status CudaBackend::Forward(std::span<const SeqChunk> batch, ForwardOutput
           RETURN_IF_ERROR(gpu::LaunchDecodeAttention(
               p->q, static_cast<int>(n), c.n_head, d_slot, d_len, max_len, c.n_head_kv,
               c.head_dim, kc, vc, opts_.base.max_slots, opts_.base.ctx_per_slot, p->attn_ws.get(),
-              p->attn_ws.bytes(), p->att, st));
+              p->attn_ws.bytes(), p->att, st,
+              gpu::DecodeAttentionFixedSplitLen(opts_.base.ctx_per_slot)));
         }
         RETURN_IF_ERROR(MatMul(w.wo, p->att, n, p->proj, st));
         RETURN_IF_ERROR(gpu::LaunchAdd(p->x, p->proj, n * n_embd, p->x, st));

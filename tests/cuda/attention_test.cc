@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -129,7 +130,8 @@ std::vector<float> Reference(const Problem& p) {
 
 // The GPU result for `p` (out poisoned with NaN first); max_len as given or
 // the longest length.
-absl::StatusOr<std::vector<float>> RunGpu(const Problem& p, Workspace ws, int max_len = 0) {
+absl::StatusOr<std::vector<float>> RunGpu(const Problem& p, Workspace ws, int max_len = 0,
+                                          int fixed_split_len = 0) {
   if (max_len == 0) max_len = *std::max_element(p.lengths.begin(), p.lengths.end());
   ASSIGN_OR_RETURN(auto d_q, ToDevice(p.q));
   ASSIGN_OR_RETURN(auto d_slots, ToDevice(p.slots));
@@ -146,7 +148,8 @@ absl::StatusOr<std::vector<float>> RunGpu(const Problem& p, Workspace ws, int ma
   RETURN_IF_ERROR(LaunchDecodeAttention(d_q.get(), p.n_seq(), p.h.n_head, d_slots.get(),
                                         d_len.get(), max_len, p.h.n_head_kv, p.h.head_dim,
                                         d_k.get(), d_v.get(), p.max_slots, p.ctx_per_slot,
-                                        d_ws.get(), ws_bytes, d_out.get(), nullptr));
+                                        d_ws.get(), ws_bytes, d_out.get(), nullptr,
+                                        fixed_split_len));
   CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
   return ToHost(d_out);
 }
@@ -329,6 +332,36 @@ TEST(DecodeAttention, RejectsBadArguments) {
   EXPECT_TRUE(LaunchDecodeAttention(nullptr, 0, 8, nullptr, nullptr, 0, 8, 64, nullptr, nullptr, 4,
                                     16, nullptr, 0, nullptr, nullptr)
                   .ok());
+}
+
+TEST(DecodeAttention, FixedSplitsAreBatchInvariant) {
+  M40_REQUIRE_CUDA_DEVICE();
+  const uint32_t seed = m40llm::testing::TestSeed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937 rng(seed);
+  const Heads h{8, 2, 64};
+  const int ctx = 4096;
+  const int split = DecodeAttentionFixedSplitLen(ctx);
+  EXPECT_EQ(split % 128, 0);
+  EXPECT_LE((ctx + split - 1) / split, 32);
+  // Sequence 0 (1500 positions, several splits) alone, then with neighbours
+  // that change n_seq and max_len: its output bits must not change, and the
+  // batch must still match the reference.
+  const Problem batch = MakeProblem(rng, h, {1500, 3000, 7, 700}, 6, ctx);
+  Problem alone = batch;
+  alone.slots.resize(1);
+  alone.lengths.resize(1);
+  alone.q.resize(static_cast<size_t>(h.n_head) * h.head_dim);
+  M40_ASSERT_OK_AND_ASSIGN(auto one, RunGpu(alone, Workspace::kFull, 0, split));
+  M40_ASSERT_OK_AND_ASSIGN(auto all, RunGpu(batch, Workspace::kFull, 0, split));
+  ASSERT_GE(all.size(), one.size());
+  EXPECT_EQ(std::memcmp(one.data(), all.data(), one.size() * sizeof(float)), 0)
+      << "sequence 0 changed with its batch";
+  const std::vector<float> want = Reference(batch);
+  EXPECT_LE(m40llm::testing::RelL2(all.data(), want.data(), want.size()), kTolerance);
+  // Too short a split for the context is refused, not truncated.
+  EXPECT_EQ(RunGpu(batch, Workspace::kFull, 0, 64).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include "cuda/cuda_backend.h"
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -173,6 +174,41 @@ TEST(CudaBackend, GreedyContinuationMatchesCpuWhereMarginsAllow) {
         << got.greedy[same].token;
   }
   std::printf("greedy: %zu of 64 steps identical\n", same);
+}
+
+// A sequence's logits must not depend on what else is in the decode batch:
+// the same prompt and tokens, decoded alone and beside other sequences (which
+// change the batch size and the longest context), give identical bits.
+TEST(CudaBackend, DecodeIsBatchInvariant) {
+  M40_REQUIRE_CUDA_DEVICE();
+  RandomModelSpec s = Small();
+  s.seed = 31;
+  s.n_ctx = 1024;
+  Pair alone, crowd;
+  MakePair(s, 4, 1024, 512, &alone);
+  if (HasFatalFailure()) return;
+  MakePair(s, 4, 1024, 512, &crowd);
+  if (HasFatalFailure()) return;
+  std::mt19937 rng(m40llm::testing::TestSeed());
+  const int n_vocab = alone.cpu->config().n_vocab;
+  const std::vector<int32_t> prompt = RandomTokens(300, n_vocab, rng);
+  const std::vector<int32_t> other = RandomTokens(700, n_vocab, rng);
+  ForwardOutput out;
+  M40_ASSERT_OK(alone.cuda->Forward({{{2, 0, prompt, false}}}, &out));
+  M40_ASSERT_OK(crowd.cuda->Forward({{{2, 0, prompt, false}, {0, 0, other, false}}}, &out));
+  for (int step = 0; step < 6; ++step) {
+    std::vector<int32_t> t = RandomTokens(3, n_vocab, rng);
+    const int pos = 300 + step;
+    ForwardOutput a, b;
+    M40_ASSERT_OK(alone.cuda->Forward({{{2, pos, {&t[0], 1}, false}}}, &a));
+    std::vector<SeqChunk> batch = {{0, 700 + step, {&t[1], 1}, false},
+                                   {2, pos, {&t[0], 1}, false}};
+    if (step % 2 == 1) batch.push_back({3, step / 2, {&t[2], 1}, false});
+    M40_ASSERT_OK(crowd.cuda->Forward(batch, &b));
+    ASSERT_EQ(a.logits.size(), static_cast<size_t>(n_vocab));
+    EXPECT_EQ(std::memcmp(a.logits.data(), b.logits.data() + n_vocab, n_vocab * sizeof(float)), 0)
+        << "step " << step << ": slot 2's logits changed with its batch";
+  }
 }
 
 // ---- memory plan ----------------------------------------------------------------
