@@ -57,7 +57,11 @@ int Main(int argc, char** argv) {
   app.add_option("--reps", timing.reps, "timed repetitions (median reported)")
       ->capture_default_str();
   app.add_option("--warmup", timing.warmup, "untimed runs first")->capture_default_str();
+  std::string only = "all";
+  app.add_option("--only", only, "one section: matvec, gemm or crossover (default all)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  const bool all = only == "all";
 
   auto gpu = bench::QueryGpu();
   if (!gpu.ok()) return Fail(gpu.status(), "QueryGpu");
@@ -99,6 +103,7 @@ int Main(int argc, char** argv) {
   std::printf("%-24s %5s %9s %9s %7s | %6s %9s %9s %7s %8s\n", "shape", "n_tok", "us", "W GB/s",
               "of copy", "cuBLAS", "us", "W32 GB/s", "of copy", "rel diff");
   for (const Shape& s : matvec_shapes) {
+    if (!all && only != "matvec") break;
     ProductBench* pb = bench_for(s);
     if (pb == nullptr) return 1;
     for (int64_t t : {1, 4, 16, 32, 64}) {
@@ -136,6 +141,7 @@ int Main(int argc, char** argv) {
   std::printf("%-12s %9s %8s | %9s %8s %8s %8s | %8s %8s %8s\n", "rows x cols", "us", "TFLOP/s",
               "cuBLAS us", "TFLOP/s", "of cuBLAS", "rel diff", "128x128", "64x128", "64x64");
   for (const Shape& s : gemm_shapes) {
+    if (!all && only != "gemm") break;
     ProductBench* pb = bench_for(s);
     if (pb == nullptr) return 1;
     auto r = pb->Gemm(kPrefillTok, gpu::GemmTile::kAuto, true, timing);
@@ -174,6 +180,7 @@ int Main(int argc, char** argv) {
               static_cast<long long>(gpu::kMatMulSkinnyMaxTokens));
   std::printf("%-12s %5s %9s %9s %8s\n", "rows x cols", "n_tok", "skinny", "GEMM", "faster");
   for (const Shape& s : cross_shapes) {
+    if (!all && only != "crossover") break;
     ProductBench* pb = bench_for(s);
     if (pb == nullptr) return 1;
     for (int64_t t : {16, 32, 48, 64, 96, 128, 192, 256}) {

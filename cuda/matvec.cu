@@ -21,6 +21,7 @@
 //   one row block are adjacent blocks, so they run together and the weights
 //   come from DRAM once per call and from L2 for the other tiles.
 #include <cstdint>
+#include <cstdlib>
 
 #include "cuda/cuda_check.h"
 #include "cuda/kernel_util.h"
@@ -31,8 +32,6 @@ namespace {
 
 using internal::kWarpSize;
 
-constexpr int kBlock = 128;  // threads per block, every kernel here
-constexpr int kWarps = kBlock / kWarpSize;
 constexpr int kStride = kWarpSize * 8;  // columns per lane stride
 
 // Half j (0..7, compile-time after unrolling) of 8 packed FP16 values, as FP32.
@@ -86,9 +85,10 @@ __device__ __forceinline__ void LoadX8(const float* __restrict__ x, int64_t c, i
 }
 
 // One token. A warp owns kRows consecutive rows; per pass each lane loads
-// kUnroll strides x kRows rows of 16 bytes before using any of them.
-template <int kRows, int kUnroll, bool kVec16>
-__global__ void __launch_bounds__(kBlock)
+// kUnroll strides x kRows rows of 16 bytes before using any of them. Blocks
+// of kWarps warps.
+template <int kRows, int kUnroll, int kWarps, bool kVec16>
+__global__ void __launch_bounds__(kWarps * kWarpSize)
     MatVec1Kernel(const uint16_t* __restrict__ w,  // (rows, ld) FP16
                   int64_t rows, int64_t cols, int64_t ld,
                   const float* __restrict__ x,  // (1, cols)
@@ -172,16 +172,16 @@ __device__ __forceinline__ int SwizzledQuad(int p) {
 // Minimum resident blocks per SM for the register cap: 8 rows x 8 tokens
 // holds 64 accumulators and 32 packed weight words (<= 168 registers);
 // the others fit in 128.
-template <int kTok, int kRows>
+template <int kTok, int kRows, int kWarps>
 constexpr int TileMinBlocks() {
-  return kTok * kRows >= 64 ? 3 : 4;
+  return 65536 / (kWarps * kWarpSize * (kTok * kRows >= 64 ? 168 : 128));
 }
 
 // kTok (4 or 8) tokens per block. A warp owns kRows rows; per pass a lane
 // loads kUnroll strides x kRows rows of 16 bytes. x for the tile's tokens is
 // staged kChunk columns at a time (32 KiB of shared memory).
-template <int kTok, int kRows, int kUnroll, bool kVec16>
-__global__ void __launch_bounds__(kBlock, (TileMinBlocks<kTok, kRows>()))
+template <int kTok, int kRows, int kUnroll, int kWarps, bool kVec16>
+__global__ void __launch_bounds__(kWarps * kWarpSize, (TileMinBlocks<kTok, kRows, kWarps>()))
     MatVecTileKernel(const uint16_t* __restrict__ w,  // (rows, ld) FP16
                      int64_t rows, int64_t cols, int64_t ld,
                      const float* __restrict__ x,  // (n_tok, cols)
@@ -241,7 +241,7 @@ __global__ void __launch_bounds__(kBlock, (TileMinBlocks<kTok, kRows>()))
     // Consecutive threads take consecutive columns of one token quad, so the
     // global loads of each token row are coalesced. Zeros past the chunk's
     // columns and past n_tok.
-    for (int idx = threadIdx.x; idx < kQuads; idx += kBlock) {
+    for (int idx = threadIdx.x; idx < kQuads; idx += kWarps * kWarpSize) {
       const int col = idx % kChunk;
       const int q = idx / kChunk;
       float v[4];
@@ -305,47 +305,72 @@ int DeviceSmCount() {
   return sms;
 }
 
-// Single-token kernel shape: 2 rows x 4 strides = 128 bytes per lane in flight.
-constexpr int kRows1 = 2;
-constexpr int kUnroll1 = 4;
-
-template <bool kVec16>
-void Launch1(const uint16_t* w, int64_t rows, int64_t cols, int64_t ld, const float* x, float* y,
-             cudaStream_t stream) {
-  constexpr int64_t kRowsPerBlock = kWarps * kRows1;
-  const bool x_vec4 = cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
-  const dim3 grid(static_cast<unsigned int>((rows + kRowsPerBlock - 1) / kRowsPerBlock));
-  MatVec1Kernel<kRows1, kUnroll1, kVec16><<<grid, kBlock, 0, stream>>>(w, rows, cols, ld, x, y,
-                                                                       x_vec4);
+// Experiment knobs (temporary, for tuning on the device).
+int ExpVariant(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr ? 0 : std::atoi(v);
 }
 
-template <int kTok, int kRows, int kUnroll, bool kVec16>
+template <int kRows, int kUnroll, int kWarps, bool kVec16>
+void Launch1(const uint16_t* w, int64_t rows, int64_t cols, int64_t ld, const float* x, float* y,
+             cudaStream_t stream) {
+  constexpr int64_t kRowsPerBlock = kWarps * kRows;
+  const bool x_vec4 = cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  const dim3 grid(static_cast<unsigned int>((rows + kRowsPerBlock - 1) / kRowsPerBlock));
+  MatVec1Kernel<kRows, kUnroll, kWarps, kVec16>
+      <<<grid, kWarps * kWarpSize, 0, stream>>>(w, rows, cols, ld, x, y, x_vec4);
+}
+
+template <int kTok, int kRows, int kUnroll, int kWarps, bool kVec16>
 void LaunchTiles(const uint16_t* w, int64_t rows, int64_t cols, int64_t ld, const float* x,
                  int64_t n_tok, float* y, cudaStream_t stream) {
   constexpr int64_t kRowsPerBlock = kWarps * kRows;
   const int64_t row_blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
   const int n_tiles = static_cast<int>((n_tok + kTok - 1) / kTok);
   const dim3 grid(static_cast<unsigned int>(row_blocks * n_tiles));
-  MatVecTileKernel<kTok, kRows, kUnroll, kVec16>
-      <<<grid, kBlock, 0, stream>>>(w, rows, cols, ld, x, n_tok, y, n_tiles);
+  MatVecTileKernel<kTok, kRows, kUnroll, kWarps, kVec16>
+      <<<grid, kWarps * kWarpSize, 0, stream>>>(w, rows, cols, ld, x, n_tok, y, n_tiles);
 }
 
 template <bool kVec16>
 void LaunchForTokens(const uint16_t* w, int64_t rows, int64_t cols, int64_t ld, const float* x,
                      int64_t n_tok, float* y, cudaStream_t stream) {
+  const int v1 = kVec16 ? ExpVariant("M40LLM_MV1") : 0;
+  const int v4 = kVec16 ? ExpVariant("M40LLM_MV4") : 0;
+  const int v8 = kVec16 ? ExpVariant("M40LLM_MV8") : 0;
   if (n_tok == 1) {
-    Launch1<kVec16>(w, rows, cols, ld, x, y, stream);
+    if constexpr (kVec16) {
+      if (v1 == 1) return Launch1<2, 4, 1, kVec16>(w, rows, cols, ld, x, y, stream);
+      if (v1 == 2) return Launch1<1, 8, 2, kVec16>(w, rows, cols, ld, x, y, stream);
+      if (v1 == 3) return Launch1<4, 2, 4, kVec16>(w, rows, cols, ld, x, y, stream);
+    }
+    Launch1<2, 4, 4, kVec16>(w, rows, cols, ld, x, y, stream);
   } else if (n_tok <= 4) {
-    LaunchTiles<4, 4, 2, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
+    if constexpr (kVec16) {
+      if (v4 == 1) return LaunchTiles<4, 2, 4, 8, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
+      if (v4 == 2) return LaunchTiles<4, 2, 4, 4, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
+    }
+    LaunchTiles<4, 4, 2, 4, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
   } else {
+    const int64_t sms = DeviceSmCount();
+    const int64_t tiles = (n_tok + 7) / 8;
+    if constexpr (kVec16) {
+      if (v8 == 1) return LaunchTiles<8, 8, 1, 8, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
+      if (v8 == 2) return LaunchTiles<8, 4, 2, 8, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
+      if (v8 == 3) {
+        if ((rows + 63) / 64 * tiles >= 2 * sms) {
+          return LaunchTiles<8, 8, 1, 8, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
+        }
+        return LaunchTiles<8, 4, 2, 8, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
+      }
+    }
     // 8 rows per warp halves the shared-memory reads per FMA; it needs four
     // resident blocks per SM's worth of grid to keep enough bytes in flight,
     // else 4 rows with two strides per pass.
-    const int64_t blocks8 = (rows + kWarps * 8 - 1) / (kWarps * 8) * ((n_tok + 7) / 8);
-    if (blocks8 >= 4 * static_cast<int64_t>(DeviceSmCount())) {
-      LaunchTiles<8, 8, 1, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
+    if ((rows + 31) / 32 * tiles >= 4 * sms) {
+      LaunchTiles<8, 8, 1, 4, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
     } else {
-      LaunchTiles<8, 4, 2, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
+      LaunchTiles<8, 4, 2, 4, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
     }
   }
 }
