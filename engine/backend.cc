@@ -4,6 +4,7 @@
 #include <unordered_set>
 
 #include "absl/strings/str_cat.h"
+#include "engine/status.h"
 
 namespace m40llm {
 
@@ -36,6 +37,27 @@ absl::Status ValidateBatch(const ModelConfig& c, const BackendOptions& o,
                                                        c.n_vocab));
       }
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Backend::ForwardSample(std::span<const SeqChunk> batch,
+                                    std::span<const SampleSpec> specs,
+                                    std::vector<SampleResult>* out) {
+  if (specs.size() != batch.size()) {
+    return absl::InvalidArgumentError("ForwardSample: one SampleSpec per chunk");
+  }
+  for (const SeqChunk& c : batch) {
+    if (c.all_logits) return absl::InvalidArgumentError("ForwardSample: all_logits is not allowed");
+  }
+  thread_local ForwardOutput logits;
+  thread_local SamplerScratch scratch;
+  RETURN_IF_ERROR(Forward(batch, &logits));
+  const size_t n_vocab = static_cast<size_t>(config().n_vocab);
+  out->resize(batch.size());
+  for (size_t i = 0; i < batch.size(); ++i) {
+    (*out)[i] = Sample({logits.logits.data() + i * n_vocab, n_vocab}, *specs[i].params,
+                       specs[i].history, specs[i].stream, specs[i].step, &scratch);
   }
   return absl::OkStatus();
 }

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "engine/model.h"
+#include "engine/sampler.h"
 
 namespace m40llm {
 
@@ -35,6 +36,15 @@ struct ForwardOutput {
   int64_t rows = 0;
 };
 
+// How to sample the token after one chunk in ForwardSample: the arguments of
+// m40llm::Sample() other than the logits.
+struct SampleSpec {
+  const SamplingParams* params = nullptr;  // validated for the model's vocabulary
+  std::span<const int32_t> history;        // the sequence so far, prompt included
+  uint64_t stream = 0;
+  uint64_t step = 0;                       // generated-token index of this token
+};
+
 // Checks a batch against the model and options; used by every backend.
 absl::Status ValidateBatch(const ModelConfig& c, const BackendOptions& o,
                            std::span<const SeqChunk> batch);
@@ -59,6 +69,14 @@ class Backend {
   // twice) and runs it. Errors leave the KV of untouched slots intact. Safe to
   // call from several threads (prefill and decode) for disjoint slots.
   virtual absl::Status Forward(std::span<const SeqChunk> batch, ForwardOutput* out) = 0;
+  // A forward pass that samples the token after each chunk (whose all_logits
+  // must be false) with specs[i], exactly as Sample() would on Forward's
+  // logits; out[i] is chunk i's result. The default runs Forward and
+  // samples on the host; a GPU backend samples on the device and copies
+  // back only the tokens.
+  virtual absl::Status ForwardSample(std::span<const SeqChunk> batch,
+                                     std::span<const SampleSpec> specs,
+                                     std::vector<SampleResult>* out);
   // OK while the backend can run; after a fault it cannot recover from (a
   // sticky device error), the error, which every later Forward also returns.
   virtual absl::Status health() const { return absl::OkStatus(); }

@@ -134,21 +134,26 @@ void CpuDecodeLoop::Step() {
     batch.push_back({i, s.pos, {&s.next, 1}, false});
     order.push_back(i);
   }
-  absl::Status st = backend_->Forward(batch, &out_);
+  std::vector<SampleSpec> specs;
+  specs.reserve(order.size());
+  for (int i : order) {
+    const Slot& s = slots_[i];
+    const int32_t* hist = history_ + static_cast<size_t>(i) * opts_.ctx_per_slot;
+    // The history holds positions 0..pos (the token just fed included).
+    specs.push_back({&s.params, {hist, static_cast<size_t>(s.pos) + 1}, /*stream=*/0,
+                     static_cast<uint64_t>(s.step)});
+  }
+  absl::Status st = backend_->ForwardSample(batch, specs, &samples_);
   if (!st.ok()) {
     spdlog::error("decode step {} failed: {}", decode_step_, std::string(st.message()));
     for (int i : order) Finish(i, FinishReason::kError);
     return;
   }
-  const int n_vocab = backend_->config().n_vocab;
   for (size_t b = 0; b < order.size(); ++b) {
     const int i = order[b];
     Slot& s = slots_[i];
     int32_t* hist = history_ + static_cast<size_t>(i) * opts_.ctx_per_slot;
-    // The history holds positions 0..pos (the token just fed included).
-    const SampleResult r =
-        Sample({out_.logits.data() + b * n_vocab, static_cast<size_t>(n_vocab)}, s.params,
-               {hist, static_cast<size_t>(s.pos) + 1}, /*stream=*/0, s.step, &scratch_);
+    const SampleResult& r = samples_[b];
     const int32_t new_pos = s.pos + 1;
     if (new_pos < opts_.ctx_per_slot) hist[new_pos] = r.token;
     Event e{};

@@ -75,8 +75,7 @@ class CpuDecodeLoop {
   int32_t* history_;
   DecodeLoopOptions opts_;
   std::vector<Slot> slots_;
-  SamplerScratch scratch_;
-  ForwardOutput out_;
+  std::vector<SampleResult> samples_;
   uint32_t decode_step_ = 0;
   std::thread thread_;
 };
