@@ -24,6 +24,7 @@
 #include "cuda/matvec.cuh"
 #include "cuda/rmsnorm.cuh"
 #include "cuda/rope.cuh"
+#include "cuda/sampling.cuh"
 #include "engine/status.h"
 #include "spdlog/spdlog.h"
 
@@ -45,10 +46,27 @@ uint64_t MatrixBytes(int64_t rows, int64_t cols) {
 
 double GiB(uint64_t b) { return static_cast<double>(b) / (1ull << 30); }
 
+// Where one LM-head chunk's sampling inputs sit in the staging buffers
+// (pinned and device, same layout): SamplingState, stream, history length and
+// step per row, then each row's penalty window of up to H tokens.
+struct SampleLayout {
+  size_t params = 0, streams = 0, hist_len = 0, steps = 0, hist = 0, bytes = 0;
+  int64_t H = 0;  // tokens per history row
+  explicit SampleLayout(int64_t ctx_per_slot) : H(ctx_per_slot) {
+    auto align = [](size_t b) { return (b + 15) / 16 * 16; };
+    params = 0;
+    streams = align(params + kLogitRows * sizeof(SamplingState));
+    hist_len = align(streams + kLogitRows * sizeof(uint64_t));
+    steps = align(hist_len + kLogitRows * sizeof(int32_t));
+    hist = align(steps + kLogitRows * sizeof(int32_t));
+    bytes = align(hist + static_cast<size_t>(kLogitRows) * H * sizeof(int32_t));
+  }
+};
+
 // Bytes of one pass context's device scratch.
 struct ScratchShape {
   int64_t T;  // tokens per pass
-  uint64_t floats = 0, ints = 0, attn_ws = 0;
+  uint64_t floats = 0, ints = 0, attn_ws = 0, sample = 0;
 };
 
 ScratchShape ScratchFor(const ModelConfig& c, const CudaBackendOptions& o) {
@@ -62,6 +80,9 @@ ScratchShape ScratchFor(const ModelConfig& c, const CudaBackendOptions& o) {
   s.ints = static_cast<uint64_t>(T) * 8 + 64;
   s.attn_ws = gpu::DecodeAttentionWorkspaceBytes(static_cast<int>(T), c.n_head, c.head_dim,
                                                  o.base.ctx_per_slot);
+  s.sample = SampleLayout(o.base.ctx_per_slot).bytes +
+             gpu::SampleWorkspaceBytes(kLogitRows, c.n_vocab) +
+             kLogitRows * sizeof(gpu::DeviceSample);
   return s;
 }
 
@@ -87,7 +108,8 @@ CudaMemoryPlan PlanCudaMemory(const ModelConfig& c, const CudaBackendOptions& o,
   p.kv_cache = p.kv_bytes_per_position * static_cast<uint64_t>(std::max(0, o.base.max_slots)) *
                static_cast<uint64_t>(std::max(0, o.base.ctx_per_slot));
   const ScratchShape s = ScratchFor(c, o);
-  p.scratch = kPassContexts * (s.floats * sizeof(float) + s.ints * sizeof(int32_t) + s.attn_ws);
+  p.scratch =
+      kPassContexts * (s.floats * sizeof(float) + s.ints * sizeof(int32_t) + s.attn_ws + s.sample);
   p.reserve = kReserveBytes;
   p.device_free = free;
   p.device_total = total;
@@ -151,6 +173,13 @@ struct PassContext {
   gpu::DeviceBuffer<uint8_t> attn_ws;
   gpu::PinnedBuffer<int32_t> host_ints;   // staging for `ints`
   gpu::PinnedBuffer<float> host_logits;   // (kLogitRows, n_vocab)
+  // Device sampling (ForwardSample): staged inputs (SampleLayout), the
+  // kernel's workspace, and its results.
+  gpu::DeviceBuffer<uint8_t> sample_in;
+  gpu::PinnedBuffer<uint8_t> host_sample_in;
+  gpu::DeviceBuffer<uint8_t> sample_ws;
+  gpu::DeviceBuffer<gpu::DeviceSample> sample_out;
+  gpu::PinnedBuffer<gpu::DeviceSample> host_sample_out;
   bool busy = false;
 };
 
@@ -341,6 +370,13 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const GgufFile&
     ASSIGN_OR_RETURN(p.host_ints, gpu::PinnedBuffer<int32_t>::Allocate(s.ints));
     ASSIGN_OR_RETURN(p.host_logits,
                      gpu::PinnedBuffer<float>::Allocate(static_cast<size_t>(kLogitRows) * c.n_vocab));
+    const SampleLayout layout(bo.ctx_per_slot);
+    ASSIGN_OR_RETURN(p.sample_in, gpu::DeviceBuffer<uint8_t>::Allocate(layout.bytes));
+    ASSIGN_OR_RETURN(p.host_sample_in, gpu::PinnedBuffer<uint8_t>::Allocate(layout.bytes));
+    ASSIGN_OR_RETURN(p.sample_ws, gpu::DeviceBuffer<uint8_t>::Allocate(
+                                      gpu::SampleWorkspaceBytes(kLogitRows, c.n_vocab)));
+    ASSIGN_OR_RETURN(p.sample_out, gpu::DeviceBuffer<gpu::DeviceSample>::Allocate(kLogitRows));
+    ASSIGN_OR_RETURN(p.host_sample_out, gpu::PinnedBuffer<gpu::DeviceSample>::Allocate(kLogitRows));
   }
 
   DeviceSink sink(&d);
@@ -421,11 +457,104 @@ struct Piece {
 
 }  // namespace
 
+namespace {
+
+SamplingState ToState(const SamplingParams& p) {
+  SamplingState s{};
+  s.temperature = p.temperature;
+  s.top_p = p.top_p;
+  s.min_p = p.min_p;
+  s.repetition_penalty = p.repetition_penalty;
+  s.presence_penalty = p.presence_penalty;
+  s.frequency_penalty = p.frequency_penalty;
+  s.top_k = p.top_k;
+  s.penalty_last_n = p.penalty_last_n;
+  s.seed = p.seed;
+  s.n_logprobs = p.n_logprobs;
+  return s;
+}
+
+// Samples the m logit rows in p.logits with specs[0..m) on the device and
+// copies the results into out[0..m). Each row's history is staged as its
+// penalty window only (the last penalty_last_n tokens, all for -1), which the
+// kernel then reads whole: the same tokens Sample() looks at.
+absl::Status SampleRows(const ModelConfig& c, int ctx_per_slot, PassContext& p,
+                        std::span<const SampleSpec> specs, cudaStream_t st, SampleResult* out) {
+  const SampleLayout L(ctx_per_slot);
+  const int m = static_cast<int>(specs.size());
+  uint8_t* h = p.host_sample_in.data();
+  auto* params = reinterpret_cast<SamplingState*>(h + L.params);
+  auto* streams = reinterpret_cast<uint64_t*>(h + L.streams);
+  auto* hist_len = reinterpret_cast<int32_t*>(h + L.hist_len);
+  auto* steps = reinterpret_cast<int32_t*>(h + L.steps);
+  auto* hist = reinterpret_cast<int32_t*>(h + L.hist);
+  for (int i = 0; i < m; ++i) {
+    const SampleSpec& sp = specs[i];
+    params[i] = ToState(*sp.params);
+    streams[i] = sp.stream;
+    steps[i] = static_cast<int32_t>(sp.step);
+    const int64_t n = static_cast<int64_t>(sp.history.size());
+    const int64_t last = sp.params->penalty_last_n;
+    int64_t w = last < 0 ? n : std::min(n, last);
+    w = std::min(w, L.H);
+    hist_len[i] = static_cast<int32_t>(w);
+    std::memcpy(hist + i * L.H, sp.history.data() + (n - w), w * sizeof(int32_t));
+  }
+  // Everything up to the last row's window, in one copy.
+  const size_t bytes = L.hist + ((m - 1) * L.H + hist_len[m - 1]) * sizeof(int32_t);
+  uint8_t* d = p.sample_in.get();
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, st));
+  RETURN_IF_ERROR(gpu::LaunchSample(
+      p.logits, m, c.n_vocab, reinterpret_cast<const SamplingState*>(d + L.params),
+      reinterpret_cast<const int32_t*>(d + L.hist), L.H,
+      reinterpret_cast<const int32_t*>(d + L.hist_len),
+      reinterpret_cast<const uint64_t*>(d + L.streams),
+      reinterpret_cast<const int32_t*>(d + L.steps), p.sample_ws.get(), p.sample_ws.bytes(),
+      p.sample_out.get(), st));
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(p.host_sample_out.data(), p.sample_out.get(),
+                                       m * sizeof(gpu::DeviceSample), cudaMemcpyDeviceToHost, st));
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(st));
+  for (int i = 0; i < m; ++i) {
+    const gpu::DeviceSample& ds = p.host_sample_out[i];
+    SampleResult& r = out[i];
+    r.token = ds.token;
+    r.logprob = ds.logprob;
+    r.top.clear();
+    for (int k = 0; k < ds.n_top && k < kMaxEventLogprobs; ++k) {
+      r.top.push_back({ds.top[k].token, ds.top[k].logprob});
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status CudaBackend::Forward(std::span<const SeqChunk> batch, ForwardOutput* out) {
+  return Run(batch, {}, out, nullptr);
+}
+
+absl::Status CudaBackend::ForwardSample(std::span<const SeqChunk> batch,
+                                        std::span<const SampleSpec> specs,
+                                        std::vector<SampleResult>* out) {
+  if (specs.size() != batch.size()) {
+    return absl::InvalidArgumentError("ForwardSample: one SampleSpec per chunk");
+  }
+  for (const SeqChunk& ch : batch) {
+    if (ch.all_logits) return absl::InvalidArgumentError("ForwardSample: all_logits is not allowed");
+  }
+  for (const SampleSpec& sp : specs) {
+    if (sp.params == nullptr) return absl::InvalidArgumentError("ForwardSample: null params");
+  }
+  return Run(batch, specs, nullptr, out);
+}
+
+absl::Status CudaBackend::Run(std::span<const SeqChunk> batch, std::span<const SampleSpec> specs,
+                              ForwardOutput* out, std::vector<SampleResult>* samples) {
   const ModelConfig& c = config_;
   RETURN_IF_ERROR(ValidateBatch(c, opts_.base, batch));
   RETURN_IF_ERROR(health());
   Impl& d = *impl_;
+  const bool sampling = samples != nullptr;
 
   // Flatten: token t is tok[t] of slot slot_of[t] at position pos_of[t].
   std::vector<int32_t> tok, slot_of, pos_of;
@@ -441,8 +570,12 @@ absl::Status CudaBackend::Forward(std::span<const SeqChunk> batch, ForwardOutput
   const int64_t total = static_cast<int64_t>(tok.size());
   int64_t n_rows = 0;
   for (uint8_t e : emits) n_rows += e;
-  out->rows = n_rows;
-  out->logits.resize(static_cast<size_t>(n_rows) * c.n_vocab);
+  if (sampling) {
+    samples->resize(static_cast<size_t>(n_rows));
+  } else {
+    out->rows = n_rows;
+    out->logits.resize(static_cast<size_t>(n_rows) * c.n_vocab);
+  }
 
   // Take a free pass context.
   PassContext* p = nullptr;
@@ -591,12 +724,17 @@ absl::Status CudaBackend::Forward(std::span<const SeqChunk> batch, ForwardOutput
         }
         RETURN_IF_ERROR(gpu::LaunchRmsNorm(src, d.output_norm, m, n_embd, c.rms_eps, p->h, st));
         RETURN_IF_ERROR(MatMul(head, p->h, m, p->logits, st));
-        CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(p->host_logits.data(), p->logits,
-                                             m * c.n_vocab * sizeof(float),
-                                             cudaMemcpyDeviceToHost, st));
-        CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(st));
-        std::memcpy(out->logits.data() + row_out * c.n_vocab, p->host_logits.data(),
-                    m * c.n_vocab * sizeof(float));
+        if (sampling) {
+          RETURN_IF_ERROR(SampleRows(c, opts_.base.ctx_per_slot, *p, specs.subspan(row_out, m), st,
+                                     samples->data() + row_out));
+        } else {
+          CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(p->host_logits.data(), p->logits,
+                                               m * c.n_vocab * sizeof(float),
+                                               cudaMemcpyDeviceToHost, st));
+          CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(st));
+          std::memcpy(out->logits.data() + row_out * c.n_vocab, p->host_logits.data(),
+                      m * c.n_vocab * sizeof(float));
+        }
         row_out += m;
       }
       // The next piece rewrites the staged ints: wait for this one.

@@ -79,6 +79,10 @@ class CudaBackend : public Backend {
   std::string name() const override { return "cuda"; }
   std::string device() const override { return device_desc_; }
   absl::Status Forward(std::span<const SeqChunk> batch, ForwardOutput* out) override;
+  // Samples on the device (cuda/sampling.cuh): only tokens and logprobs come
+  // back to the host, not the logit rows.
+  absl::Status ForwardSample(std::span<const SeqChunk> batch, std::span<const SampleSpec> specs,
+                             std::vector<SampleResult>* out) override;
   absl::Status health() const override;
   BackendMemory memory() const override;
 
@@ -93,6 +97,9 @@ class CudaBackend : public Backend {
 
  private:
   CudaBackend() = default;
+  // Forward (samples == nullptr: logits into out) or ForwardSample.
+  absl::Status Run(std::span<const SeqChunk> batch, std::span<const SampleSpec> specs,
+                   ForwardOutput* out, std::vector<SampleResult>* samples);
   absl::Status Fail(const absl::Status& s);  // records a sticky fault
 
   ModelConfig config_;
