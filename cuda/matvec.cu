@@ -19,9 +19,13 @@
 //   of one column), so each weight, converted once, feeds kTok FMAs from one
 //   or two shared loads and each x float4 feeds kRows rows. The token tiles of
 //   one row block are adjacent blocks, so they run together and the weights
-//   come from DRAM once per call and from L2 for the other tiles.
+//   come from DRAM once per call and from L2 for the other tiles. For 4-token
+//   tiles each chunk's first weight loads are issued before its x staging.
+// Beyond about 16 tokens this order costs arithmetic efficiency (each lane
+// keeps partial sums for all of its rows x tokens, so tiles stay small and
+// weights are re-read from L2 per 8-token tile); LaunchMatMulF16 hands more
+// than 64 tokens to the GEMM (gemm.cuh).
 #include <cstdint>
-#include <cstdlib>
 
 #include "cuda/cuda_check.h"
 #include "cuda/kernel_util.h"
@@ -169,19 +173,17 @@ __device__ __forceinline__ int SwizzledQuad(int p) {
   return p ^ ((p >> kShift) & 7);
 }
 
-// Minimum resident blocks per SM for the register cap: 8 rows x 8 tokens
-// holds 64 accumulators and 32 packed weight words (<= 168 registers);
-// the others fit in 128.
-template <int kTok, int kRows, int kWarps>
+// Minimum resident blocks per SM for a cap of 128 registers per thread.
+template <int kWarps>
 constexpr int TileMinBlocks() {
-  return 65536 / (kWarps * kWarpSize * (kTok * kRows >= 64 ? 168 : 128));
+  return 65536 / (kWarps * kWarpSize * 128);
 }
 
 // kTok (4 or 8) tokens per block. A warp owns kRows rows; per pass a lane
 // loads kUnroll strides x kRows rows of 16 bytes. x for the tile's tokens is
 // staged kChunk columns at a time (32 KiB of shared memory).
 template <int kTok, int kRows, int kUnroll, int kWarps, bool kVec16>
-__global__ void __launch_bounds__(kWarps * kWarpSize, (TileMinBlocks<kTok, kRows, kWarps>()))
+__global__ void __launch_bounds__(kWarps * kWarpSize, TileMinBlocks<kWarps>())
     MatVecTileKernel(const uint16_t* __restrict__ w,  // (rows, ld) FP16
                      int64_t rows, int64_t cols, int64_t ld,
                      const float* __restrict__ x,  // (n_tok, cols)
@@ -237,6 +239,23 @@ __global__ void __launch_bounds__(kWarps * kWarpSize, (TileMinBlocks<kTok, kRows
 
   for (int64_t c0 = 0; c0 < cols; c0 += kChunk) {
     const int n_c = static_cast<int>(cols - c0 < kChunk ? cols - c0 : kChunk);
+    // The chunk's first pass of weight loads goes out before the barrier and
+    // the x staging, so its DRAM latency overlaps them: 4-token tiles on the
+    // 16-byte path, which are bandwidth-bound and have the registers for it.
+    constexpr bool kPrefetch = kTok == 4 && kVec16;
+    const int c_first = lane * 8;
+    const bool first_full =
+        kPrefetch && warp_has_rows && c_first + kStride * (kUnroll - 1) + 8 <= n_c;
+    uint4 first[kUnroll][kRows];
+    if (first_full) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+          first[u][r] = LoadW8<kVec16>(wr[r], c0 + c_first + kStride * u);
+        }
+      }
+    }
     __syncthreads();  // every warp is done with the previous chunk
     // Consecutive threads take consecutive columns of one token quad, so the
     // global loads of each token row are coalesced. Zeros past the chunk's
@@ -255,7 +274,12 @@ __global__ void __launch_bounds__(kWarps * kWarpSize, (TileMinBlocks<kTok, kRows
     __syncthreads();
     if (!warp_has_rows) continue;
 
-    int c = lane * 8;
+    int c = c_first;
+    if (first_full) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) fma8(first[u], c + kStride * u);
+      c += kStride * kUnroll;
+    }
     for (; c + kStride * (kUnroll - 1) + 8 <= n_c; c += kStride * kUnroll) {
       uint4 raw[kUnroll][kRows];
 #pragma unroll
@@ -305,10 +329,15 @@ int DeviceSmCount() {
   return sms;
 }
 
-// Experiment knobs (temporary, for tuning on the device).
-int ExpVariant(const char* name) {
-  const char* v = std::getenv(name);
-  return v == nullptr ? 0 : std::atoi(v);
+// Blocks of `kernel` (of `block` threads) resident per SM, or 0 when unknown.
+template <typename Kernel>
+int BlocksPerSm(Kernel kernel, int block) {
+  int per_sm = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, block, 0) != cudaSuccess) {
+    static_cast<void>(cudaGetLastError());
+    return 0;
+  }
+  return per_sm;
 }
 
 template <int kRows, int kUnroll, int kWarps, bool kVec16>
@@ -332,46 +361,36 @@ void LaunchTiles(const uint16_t* w, int64_t rows, int64_t cols, int64_t ld, cons
       <<<grid, kWarps * kWarpSize, 0, stream>>>(w, rows, cols, ld, x, n_tok, y, n_tiles);
 }
 
+// Kernel shapes, measured on an H200 (bench/cuda_kernel_bench.cc): every
+// shape keeps 4 KiB of weight loads in flight per warp (rows x strides x
+// 512 bytes). One token: 2 rows per warp, unless the warps that needs do not
+// all fit on the device at once and 4 rows per warp would (then the single
+// wave has no tail). 2..4 tokens likewise with 2 rows per warp in 8-warp
+// blocks, else 4 rows in 4-warp blocks. 5+ tokens: 8-token tiles, 4 rows per
+// warp in 8-warp blocks (32 rows share each staged x chunk, which halves the
+// L2 traffic of staging against 16).
 template <bool kVec16>
 void LaunchForTokens(const uint16_t* w, int64_t rows, int64_t cols, int64_t ld, const float* x,
                      int64_t n_tok, float* y, cudaStream_t stream) {
-  const int v1 = kVec16 ? ExpVariant("M40LLM_MV1") : 0;
-  const int v4 = kVec16 ? ExpVariant("M40LLM_MV4") : 0;
-  const int v8 = kVec16 ? ExpVariant("M40LLM_MV8") : 0;
+  // Occupancy per SM is a property of the compiled kernel: asked once.
+  const int64_t sms = DeviceSmCount();
   if (n_tok == 1) {
-    if constexpr (kVec16) {
-      if (v1 == 1) return Launch1<2, 4, 1, kVec16>(w, rows, cols, ld, x, y, stream);
-      if (v1 == 2) return Launch1<1, 8, 2, kVec16>(w, rows, cols, ld, x, y, stream);
-      if (v1 == 3) return Launch1<4, 2, 4, kVec16>(w, rows, cols, ld, x, y, stream);
-    }
-    Launch1<2, 4, 4, kVec16>(w, rows, cols, ld, x, y, stream);
-  } else if (n_tok <= 4) {
-    if constexpr (kVec16) {
-      if (v4 == 1) return LaunchTiles<4, 2, 4, 8, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
-      if (v4 == 2) return LaunchTiles<4, 2, 4, 4, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
-    }
-    LaunchTiles<4, 4, 2, 4, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
-  } else {
-    const int64_t sms = DeviceSmCount();
-    const int64_t tiles = (n_tok + 7) / 8;
-    if constexpr (kVec16) {
-      if (v8 == 1) return LaunchTiles<8, 8, 1, 8, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
-      if (v8 == 2) return LaunchTiles<8, 4, 2, 8, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
-      if (v8 == 3) {
-        if ((rows + 63) / 64 * tiles >= 2 * sms) {
-          return LaunchTiles<8, 8, 1, 8, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
-        }
-        return LaunchTiles<8, 4, 2, 8, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
-      }
-    }
-    // 8 rows per warp halves the shared-memory reads per FMA; it needs four
-    // resident blocks per SM's worth of grid to keep enough bytes in flight,
-    // else 4 rows with two strides per pass.
-    if ((rows + 31) / 32 * tiles >= 4 * sms) {
-      LaunchTiles<8, 8, 1, 4, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
+    static const int per_sm2 = BlocksPerSm(MatVec1Kernel<2, 4, 4, kVec16>, 128);
+    static const int per_sm4 = BlocksPerSm(MatVec1Kernel<4, 2, 4, kVec16>, 128);
+    if ((rows + 1) / 2 > per_sm2 * 4 * sms && (rows + 3) / 4 <= per_sm4 * 4 * sms) {
+      Launch1<4, 2, 4, kVec16>(w, rows, cols, ld, x, y, stream);
     } else {
-      LaunchTiles<8, 4, 2, 4, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
+      Launch1<2, 4, 4, kVec16>(w, rows, cols, ld, x, y, stream);
     }
+  } else if (n_tok <= 4) {
+    static const int per_sm = BlocksPerSm(MatVecTileKernel<4, 2, 4, 8, kVec16>, 256);
+    if ((rows + 1) / 2 <= per_sm * 8 * sms) {
+      LaunchTiles<4, 2, 4, 8, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
+    } else {
+      LaunchTiles<4, 4, 2, 4, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
+    }
+  } else {
+    LaunchTiles<8, 4, 2, 8, kVec16>(w, rows, cols, ld, x, n_tok, y, stream);
   }
 }
 

@@ -12,6 +12,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-dev
   prometheus python3-grpcio python3-protobuf
+  yamllint shellcheck unzip
 )
 
 missing=()

@@ -5,7 +5,11 @@
 #   3. With M40LLM_MAXWELL_CHECK=1, or CI=true unless M40LLM_MAXWELL_CHECK=0:
 #      scripts/maxwell-check.sh (sm_52 compile of cuda/, spills, FP16
 #      arithmetic), which installs Debian's CUDA 11.8 (~5 GB) on first use.
-#   4. Release build; conformance, then unit, end-to-end and GPU tests.
+#   4. Release build; conformance tests.
+#   5. scripts/deploy-check.sh: the image, manifests, Helm chart, dashboard
+#      and alert rules (lint, render, validate; metric names against the
+#      Release build's server).
+#   6. Unit, end-to-end and GPU tests of the Release build.
 # Conformance tests read the fixtures from $M40LLM_FIXTURES (default
 # ../shared/fixtures when it exists) and skip with a reason without them;
 # with M40LLM_REQUIRE_FIXTURES=1 a skipped conformance test fails the run.
@@ -55,6 +59,9 @@ if [ "${M40LLM_REQUIRE_FIXTURES:-0}" = 1 ]; then
   fi
 fi
 rm -f "$log"
+
+echo "== Deployment checks"
+scripts/deploy-check.sh
 
 echo "== Release build: unit, end-to-end and GPU tests (GPU tests skip without a device)"
 ctest --test-dir build -LE conformance -j "$jobs" --output-on-failure
