@@ -68,9 +68,10 @@ int Main(int argc, char** argv) {
   auto copy = bench::MeasureCopyBandwidth(int64_t{1} << 30, timing);
   if (!copy.ok()) return Fail(copy.status(), "MeasureCopyBandwidth");
   const double copy_gbs = copy->gbs;
-  std::printf("GPU: %s (sm_%d%d, %d SMs, %.0f MB L2); device-to-device copy %.1f GB/s (read + write)\n",
-              gpu->name.c_str(), gpu->cc_major, gpu->cc_minor, gpu->sm_count,
-              static_cast<double>(gpu->l2_bytes) / 1e6, copy_gbs);
+  std::printf(
+      "GPU: %s (sm_%d%d, %d SMs, %.0f MB L2); device-to-device copy %.1f GB/s (read + write)\n",
+      gpu->name.c_str(), gpu->cc_major, gpu->cc_minor, gpu->sm_count,
+      static_cast<double>(gpu->l2_bytes) / 1e6, copy_gbs);
 
   nlohmann::json j;
   j["device"] = gpu->name;
@@ -135,9 +136,10 @@ int Main(int argc, char** argv) {
   constexpr int64_t kPrefillTok = 512;
   const gpu::GemmTile tiles[] = {gpu::GemmTile::k128x128, gpu::GemmTile::k64x128,
                                  gpu::GemmTile::k64x64};
-  std::printf("\nGEMM LaunchGemmF16 at n_tok %lld (auto tile) vs cuBLAS SGEMM on FP32 W; "
-              "TFLOP/s of each tile\n",
-              static_cast<long long>(kPrefillTok));
+  std::printf(
+      "\nGEMM LaunchGemmF16 at n_tok %lld (auto tile) vs cuBLAS SGEMM on FP32 W; "
+      "TFLOP/s of each tile\n",
+      static_cast<long long>(kPrefillTok));
   std::printf("%-12s %9s %8s | %9s %8s %8s %8s | %8s %8s %8s\n", "rows x cols", "us", "TFLOP/s",
               "cuBLAS us", "TFLOP/s", "of cuBLAS", "rel diff", "128x128", "64x128", "64x64");
   for (const Shape& s : gemm_shapes) {
@@ -165,8 +167,8 @@ int Main(int argc, char** argv) {
     }
     std::printf("%-12s %9.1f %8.2f | %9.1f %8.2f %7.0f%% %8.1e | %8.2f %8.2f %8.2f\n", s.name,
                 r->ms * 1e3, r->tflops, r->cublas_ms * 1e3, r->cublas_tflops,
-                100.0 * r->tflops / r->cublas_tflops, r->rel_l2_vs_cublas, per_tile[0],
-                per_tile[1], per_tile[2]);
+                100.0 * r->tflops / r->cublas_tflops, r->rel_l2_vs_cublas, per_tile[0], per_tile[1],
+                per_tile[2]);
     j["gemm"].push_back(row);
   }
 
@@ -188,8 +190,8 @@ int Main(int argc, char** argv) {
       if (!mv.ok()) return Fail(mv.status(), "MatVec");
       auto gm = pb->Gemm(t, gpu::GemmTile::kAuto, false, timing);
       if (!gm.ok()) return Fail(gm.status(), "Gemm");
-      std::printf("%-12s %5lld %9.1f %9.1f %8s\n", s.name, static_cast<long long>(t),
-                  mv->ms * 1e3, gm->ms * 1e3, mv->ms <= gm->ms ? "skinny" : "GEMM");
+      std::printf("%-12s %5lld %9.1f %9.1f %8s\n", s.name, static_cast<long long>(t), mv->ms * 1e3,
+                  gm->ms * 1e3, mv->ms <= gm->ms ? "skinny" : "GEMM");
       j["crossover"].push_back({{"shape", s.name},
                                 {"rows", s.rows},
                                 {"cols", s.cols},

@@ -38,6 +38,11 @@ using internal::kWarpSize;
 
 constexpr int kStride = kWarpSize * 8;  // columns per lane stride
 
+template <int kWarps>
+constexpr int BlockThreads() {
+  return kWarps * kWarpSize;
+}
+
 // Half j (0..7, compile-time after unrolling) of 8 packed FP16 values, as FP32.
 __device__ __forceinline__ float HalfOf(const uint4& u, int j) {
   const uint32_t word = j < 2 ? u.x : j < 4 ? u.y : j < 6 ? u.z : u.w;
@@ -92,7 +97,7 @@ __device__ __forceinline__ void LoadX8(const float* __restrict__ x, int64_t c, i
 // kUnroll strides x kRows rows of 16 bytes before using any of them. Blocks
 // of kWarps warps.
 template <int kRows, int kUnroll, int kWarps, bool kVec16>
-__global__ void __launch_bounds__(kWarps * kWarpSize)
+__global__ void __launch_bounds__(BlockThreads<kWarps>())
     MatVec1Kernel(const uint16_t* __restrict__ w,  // (rows, ld) FP16
                   int64_t rows, int64_t cols, int64_t ld,
                   const float* __restrict__ x,  // (1, cols)
@@ -183,7 +188,7 @@ constexpr int TileMinBlocks() {
 // loads kUnroll strides x kRows rows of 16 bytes. x for the tile's tokens is
 // staged kChunk columns at a time (32 KiB of shared memory).
 template <int kTok, int kRows, int kUnroll, int kWarps, bool kVec16>
-__global__ void __launch_bounds__(kWarps * kWarpSize, TileMinBlocks<kWarps>())
+__global__ void __launch_bounds__(BlockThreads<kWarps>(), TileMinBlocks<kWarps>())
     MatVecTileKernel(const uint16_t* __restrict__ w,  // (rows, ld) FP16
                      int64_t rows, int64_t cols, int64_t ld,
                      const float* __restrict__ x,  // (n_tok, cols)
@@ -191,9 +196,9 @@ __global__ void __launch_bounds__(kWarps * kWarpSize, TileMinBlocks<kWarps>())
                      float* __restrict__ y,  // (n_tok, rows)
                      int n_tiles) {
   static_assert(kTok == 4 || kTok == 8, "tiles of 4 or 8 tokens");
-  constexpr int kQ = kTok / 4;          // quads per column
-  constexpr int kChunk = 8192 / kTok;   // columns per stage: whole strides
-  constexpr int kQuads = kChunk * kQ;   // 2048 float4 = 32 KiB
+  constexpr int kQ = kTok / 4;         // quads per column
+  constexpr int kChunk = 8192 / kTok;  // columns per stage: whole strides
+  constexpr int kQuads = kChunk * kQ;  // 2048 float4 = 32 KiB
   static_assert(kChunk % kStride == 0, "a chunk is whole lane strides");
   __shared__ float4 xs[kQuads];  // (kChunk, kTok) swizzled
 
@@ -217,7 +222,7 @@ __global__ void __launch_bounds__(kWarps * kWarpSize, TileMinBlocks<kWarps>())
   }
 
   // acc[r][*] += the 8 columns of `raw[r]` times the staged x at chunk column c.
-  auto fma8 = [&](const uint4 (&raw)[kRows], int c) {
+  auto fma8 = [&](const uint4(&raw)[kRows], int c) {
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       float wv[kRows];
@@ -302,8 +307,8 @@ __global__ void __launch_bounds__(kWarps * kWarpSize, TileMinBlocks<kWarps>())
   }
 
   if (!warp_has_rows) return;
-  // Butterfly sums leave every total in every lane; lane k stores total k so
-  // the stores spread over the warp instead of serialising on lane 0.
+    // Butterfly sums leave every total in every lane; lane k stores total k so
+    // the stores spread over the warp instead of serialising on lane 0.
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
 #pragma unroll
