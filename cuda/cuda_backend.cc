@@ -20,6 +20,7 @@
 #include "cuda/elementwise.cuh"
 #include "cuda/embedding.cuh"
 #include "cuda/fault.cuh"
+#include "cuda/gemm.cuh"
 #include "cuda/kv_cache.cuh"
 #include "cuda/matvec.cuh"
 #include "cuda/rmsnorm.cuh"
@@ -280,9 +281,26 @@ class DeviceSink : public WeightSink {
   std::vector<uint16_t> host_;
 };
 
-absl::Status MatMul(const DeviceMatrix& m, const float* x, int64_t n_tok, float* y,
+// Which product kernel a pass uses. Each keeps a token's output row
+// independent of the other tokens in the call, and the choice depends only
+// on the kind of pass, never on its size, so a sequence's numbers do not
+// change with what it is batched with:
+//   kDecode: the skinny kernel, in groups of at most kMatMulSkinnyMaxTokens
+//            tokens (its bit-identical range), for decode steps and the LM head;
+//   kPrefill: the tiled GEMM, for passes that carry a prompt chunk.
+enum class Product { kDecode, kPrefill };
+
+absl::Status MatMul(Product kind, const DeviceMatrix& m, const float* x, int64_t n_tok, float* y,
                     cudaStream_t s) {
-  return gpu::LaunchMatVecF16(m.w, m.rows, m.cols, m.ld, x, n_tok, y, s);
+  if (kind == Product::kPrefill) {
+    return gpu::LaunchGemmF16(m.w, m.rows, m.cols, m.ld, x, n_tok, y, s);
+  }
+  for (int64_t t = 0; t < n_tok; t += gpu::kMatMulSkinnyMaxTokens) {
+    const int64_t n = std::min(gpu::kMatMulSkinnyMaxTokens, n_tok - t);
+    RETURN_IF_ERROR(
+        gpu::LaunchMatVecF16(m.w, m.rows, m.cols, m.ld, x + t * m.cols, n, y + t * m.rows, s));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -658,6 +676,7 @@ absl::Status CudaBackend::Run(std::span<const SeqChunk> batch, std::span<const S
       // which spreads long contexts over blocks; prompts take the tiled
       // causal kernel, which reads each K/V tile once per query tile.
       const bool prefill_attention = max_chunk > 1;
+      const Product product = prefill_attention ? Product::kPrefill : Product::kDecode;
       int32_t* di = p->ints.get();
       CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(di, hi, 8 * n * sizeof(int32_t),
                                            cudaMemcpyHostToDevice, st));
@@ -672,9 +691,9 @@ absl::Status CudaBackend::Run(std::span<const SeqChunk> batch, std::span<const S
         uint16_t* vc = d.v_cache.get() + l * d.layer_cache_values;
         // Attention block.
         RETURN_IF_ERROR(gpu::LaunchRmsNorm(p->x, w.attn_norm, n, n_embd, c.rms_eps, p->h, st));
-        RETURN_IF_ERROR(MatMul(w.wq, p->h, n, p->q, st));
-        RETURN_IF_ERROR(MatMul(w.wk, p->h, n, p->k, st));
-        RETURN_IF_ERROR(MatMul(w.wv, p->h, n, p->v, st));
+        RETURN_IF_ERROR(MatMul(product, w.wq, p->h, n, p->q, st));
+        RETURN_IF_ERROR(MatMul(product, w.wk, p->h, n, p->k, st));
+        RETURN_IF_ERROR(MatMul(product, w.wv, p->h, n, p->v, st));
         RETURN_IF_ERROR(gpu::LaunchRope(p->q, n, c.n_head, c.head_dim, q_dim, d_pos, rope, st));
         RETURN_IF_ERROR(gpu::LaunchRope(p->k, n, c.n_head_kv, c.head_dim, kv_dim, d_pos, rope, st));
         RETURN_IF_ERROR(gpu::LaunchKvAppend(p->k, p->v, n, d_slot, d_pos, c.n_head_kv, c.head_dim,
@@ -692,14 +711,14 @@ absl::Status CudaBackend::Run(std::span<const SeqChunk> batch, std::span<const S
               p->attn_ws.bytes(), p->att, st,
               gpu::DecodeAttentionFixedSplitLen(opts_.base.ctx_per_slot)));
         }
-        RETURN_IF_ERROR(MatMul(w.wo, p->att, n, p->proj, st));
+        RETURN_IF_ERROR(MatMul(product, w.wo, p->att, n, p->proj, st));
         RETURN_IF_ERROR(gpu::LaunchAdd(p->x, p->proj, n * n_embd, p->x, st));
         // Feed-forward block (SwiGLU).
         RETURN_IF_ERROR(gpu::LaunchRmsNorm(p->x, w.ffn_norm, n, n_embd, c.rms_eps, p->h, st));
-        RETURN_IF_ERROR(MatMul(w.gate, p->h, n, p->gate, st));
-        RETURN_IF_ERROR(MatMul(w.up, p->h, n, p->up, st));
+        RETURN_IF_ERROR(MatMul(product, w.gate, p->h, n, p->gate, st));
+        RETURN_IF_ERROR(MatMul(product, w.up, p->h, n, p->up, st));
         RETURN_IF_ERROR(gpu::LaunchSwiGlu(p->gate, p->up, n * c.n_ff, p->gate, st));
-        RETURN_IF_ERROR(MatMul(w.down, p->gate, n, p->proj, st));
+        RETURN_IF_ERROR(MatMul(product, w.down, p->gate, n, p->proj, st));
         RETURN_IF_ERROR(gpu::LaunchAdd(p->x, p->proj, n * n_embd, p->x, st));
       }
 
@@ -723,7 +742,7 @@ absl::Status CudaBackend::Run(std::span<const SeqChunk> batch, std::span<const S
           src = p->h;
         }
         RETURN_IF_ERROR(gpu::LaunchRmsNorm(src, d.output_norm, m, n_embd, c.rms_eps, p->h, st));
-        RETURN_IF_ERROR(MatMul(head, p->h, m, p->logits, st));
+        RETURN_IF_ERROR(MatMul(Product::kDecode, head, p->h, m, p->logits, st));
         if (sampling) {
           RETURN_IF_ERROR(SampleRows(c, opts_.base.ctx_per_slot, *p, specs.subspan(row_out, m), st,
                                      samples->data() + row_out));

@@ -243,7 +243,51 @@ int RunBench(const BenchOptions& o) {
 
 #if M40LLM_HAVE_YARDSTICK
   if (o.backend == "cuda" && o.kernels) {
-    // Filled in by the kernel yardstick below.
+    // The model's matrix shapes through our product kernels beside cuBLAS on
+    // FP32 copies: the skinny kernel at one token (decode) and the GEMM at
+    // the prefill length. A yardstick only; cuBLAS is never on the product
+    // path.
+    struct Shape {
+      const char* name;
+      int64_t rows, cols;
+    };
+    std::vector<Shape> shapes = {{"attn_q/o", c.q_dim(), c.n_embd},
+                                 {"attn_k/v", c.kv_dim(), c.n_embd},
+                                 {"ffn_gate/up", c.n_ff, c.n_embd},
+                                 {"ffn_down", c.n_embd, c.n_ff},
+                                 {"lm_head", c.n_vocab, c.n_embd}};
+    const int64_t gemm_tok = std::max(o.prefill, 1);
+    std::printf("\nkernel yardstick (our FP16-weight kernels; cuBLAS SGEMV/SGEMM on FP32 copies)\n");
+    std::printf("%-12s %11s %10s %9s %12s | %8s %9s %12s %8s\n", "matrix", "rows x cols",
+                "matvec GB/s", "% of copy", "cuBLAS GB/s", "GEMM tok", "TFLOP/s",
+                "cuBLAS TFLOP", "% cuBLAS");
+    auto& jk = j["kernels"] = nlohmann::json::array();
+    for (const Shape& sh : shapes) {
+      auto bench = bench::ProductBench::Create(sh.rows, sh.cols, gemm_tok);
+      if (!bench.ok()) {
+        std::fprintf(stderr, "%s: %s\n", sh.name, std::string(bench.status().message()).c_str());
+        continue;
+      }
+      auto mv = (*bench)->MatVec(1);
+      auto gm = (*bench)->Gemm(gemm_tok);
+      if (!mv.ok() || !gm.ok()) {
+        std::fprintf(stderr, "%s: %s\n", sh.name,
+                     std::string((!mv.ok() ? mv.status() : gm.status()).message()).c_str());
+        continue;
+      }
+      const double frac = copy_gbs > 0 ? mv->weight_gbs / copy_gbs : 0;
+      const double vs = gm->cublas_tflops > 0 ? gm->tflops / gm->cublas_tflops : 0;
+      std::printf("%-12s %5ld x %-5ld %10.0f %8.1f%% %12.0f | %8ld %9.2f %12.2f %7.1f%%\n",
+                  sh.name, static_cast<long>(sh.rows), static_cast<long>(sh.cols),
+                  mv->weight_gbs, 100 * frac, mv->cublas_weight_gbs, static_cast<long>(gemm_tok),
+                  gm->tflops, gm->cublas_tflops, 100 * vs);
+      jk.push_back({{"matrix", sh.name}, {"rows", sh.rows}, {"cols", sh.cols},
+                    {"matvec_ms", mv->ms}, {"matvec_weight_gbs", mv->weight_gbs},
+                    {"matvec_fraction_of_copy", frac}, {"cublas_routine", mv->cublas_routine},
+                    {"cublas_matvec_weight_gbs", mv->cublas_weight_gbs},
+                    {"gemm_tokens", gemm_tok}, {"gemm_ms", gm->ms}, {"gemm_tflops", gm->tflops},
+                    {"cublas_gemm_tflops", gm->cublas_tflops}, {"gemm_fraction_of_cublas", vs}});
+    }
   }
 #endif
 
