@@ -530,10 +530,17 @@ class SchedulerImpl final : public Scheduler {
             Finalize(*r, r->cancel_status, StreamFinish::kCancelled);
             break;
           case FinishReason::kError:
-          case FinishReason::kNone:
-            Finalize(*r, absl::InternalError("the decoder failed on this sequence"),
+          case FinishReason::kNone: {
+            // Say why when the backend knows (a device fault).
+            const absl::Status h = backend_->health();
+            Finalize(*r,
+                     absl::InternalError(h.ok() ? std::string("the decoder failed on this sequence")
+                                                : absl::StrCat("the decoder failed on this "
+                                                               "sequence: ",
+                                                               h.message())),
                      StreamFinish::kCancelled);
             break;
+          }
         }
       }
     }
