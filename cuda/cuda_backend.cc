@@ -27,6 +27,7 @@
 #include "cuda/rope.cuh"
 #include "cuda/sampling.cuh"
 #include "engine/status.h"
+#include "persistent/sampling_state.h"
 #include "spdlog/spdlog.h"
 
 namespace m40llm {
@@ -477,20 +478,6 @@ struct Piece {
 
 namespace {
 
-SamplingState ToState(const SamplingParams& p) {
-  SamplingState s{};
-  s.temperature = p.temperature;
-  s.top_p = p.top_p;
-  s.min_p = p.min_p;
-  s.repetition_penalty = p.repetition_penalty;
-  s.presence_penalty = p.presence_penalty;
-  s.frequency_penalty = p.frequency_penalty;
-  s.top_k = p.top_k;
-  s.penalty_last_n = p.penalty_last_n;
-  s.seed = p.seed;
-  s.n_logprobs = p.n_logprobs;
-  return s;
-}
 
 // Samples the m logit rows in p.logits with specs[0..m) on the device and
 // copies the results into out[0..m). Each row's history is staged as its
@@ -508,7 +495,7 @@ absl::Status SampleRows(const ModelConfig& c, int ctx_per_slot, PassContext& p,
   auto* hist = reinterpret_cast<int32_t*>(h + L.hist);
   for (int i = 0; i < m; ++i) {
     const SampleSpec& sp = specs[i];
-    params[i] = ToState(*sp.params);
+    params[i] = ToSamplingState(*sp.params);
     streams[i] = sp.stream;
     steps[i] = static_cast<int32_t>(sp.step);
     const int64_t n = static_cast<int64_t>(sp.history.size());

@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/status.h"
 #include "persistent/cpu_decode_loop.h"
+#include "persistent/sampling_state.h"
 #include "persistent/protocol.h"
 #include "persistent/ring.h"
 #include "spdlog/spdlog.h"
@@ -482,18 +483,7 @@ class SchedulerImpl final : public Scheduler {
   }
 
   static SamplingState ToState(const GenerateRequest& q) {
-    SamplingState s{};
-    const SamplingParams& p = q.sampling;
-    s.temperature = p.temperature;
-    s.top_p = p.top_p;
-    s.min_p = p.min_p;
-    s.repetition_penalty = p.repetition_penalty;
-    s.presence_penalty = p.presence_penalty;
-    s.frequency_penalty = p.frequency_penalty;
-    s.top_k = p.top_k;
-    s.penalty_last_n = p.penalty_last_n;
-    s.seed = p.seed;
-    s.n_logprobs = p.n_logprobs;
+    SamplingState s = ToSamplingState(q.sampling);
     s.max_tokens = q.max_tokens;
     s.ignore_eos = q.ignore_eos ? 1 : 0;
     s.n_stop_ids = static_cast<int32_t>(q.stop_ids.size());

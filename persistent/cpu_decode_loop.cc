@@ -5,25 +5,12 @@
 #include <chrono>
 #include <cstring>
 
+#include "persistent/sampling_state.h"
 #include "spdlog/spdlog.h"
 
 namespace m40llm {
 namespace {
 
-SamplingParams ToParams(const SamplingState& s) {
-  SamplingParams p;
-  p.temperature = s.temperature;
-  p.top_k = s.top_k;
-  p.top_p = s.top_p;
-  p.min_p = s.min_p;
-  p.repetition_penalty = s.repetition_penalty;
-  p.presence_penalty = s.presence_penalty;
-  p.frequency_penalty = s.frequency_penalty;
-  p.penalty_last_n = s.penalty_last_n;
-  p.seed = s.seed;
-  p.n_logprobs = s.n_logprobs;
-  return p;
-}
 
 // Polling backoff for an idle loop: spin briefly, then sleep up to 200 us.
 class Backoff {
@@ -85,7 +72,7 @@ bool CpuDecodeLoop::ApplyCommands() {
         s.next = c.first_token;
         s.step = 1;  // prefill sampled token 0
         s.state = c.sampling;
-        s.params = ToParams(c.sampling);
+        s.params = ToSamplingParams(c.sampling);
         break;
       }
       case CommandOp::kCancel:

@@ -19,6 +19,7 @@
 #include "engine/scheduler.h"
 #include "engine/tokenizer.h"
 #include "gtest/gtest.h"
+#include "tests/support/stream_collector.h"
 #include "tests/support/test_support.h"
 
 namespace m40llm {
@@ -286,30 +287,6 @@ TEST(CudaBackend, DeviceSamplingMatchesHostSampling) {
 
 // Through the scheduler (batched prefill, continuous batching, device
 // sampling in the decode loop): every request gets the tokens it gets alone.
-class Collect : public StreamObserver {
- public:
-  void OnDelta(StreamDelta d) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const TokenOut& t : d.tokens) tokens.push_back(t.token);
-  }
-  void OnDone(const absl::Status& s, const FinalInfo&) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    status = s;
-    done = true;
-    cv_.notify_all();
-  }
-  bool Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, std::chrono::seconds(60), [&] { return done; });
-  }
-  std::vector<int32_t> tokens;
-  absl::Status status;
-  bool done = false;
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-};
 
 TEST(CudaBackend, SchedulerRequestsGetTheirSoloTokens) {
   M40_REQUIRE_CUDA_DEVICE();
@@ -339,15 +316,15 @@ TEST(CudaBackend, SchedulerRequestsGetTheirSoloTokens) {
   }
   std::vector<std::vector<int32_t>> solo;
   for (const GenerateRequest& r : reqs) {
-    auto c = std::make_shared<Collect>();
+    auto c = std::make_shared<testing::Collector>();
     M40_ASSERT_OK(sched->Submit(r, c).status());
     ASSERT_TRUE(c->Wait());
     M40_ASSERT_OK(c->status);
     solo.push_back(c->tokens);
   }
-  std::vector<std::shared_ptr<Collect>> cs;
+  std::vector<std::shared_ptr<testing::Collector>> cs;
   for (const GenerateRequest& r : reqs) {
-    cs.push_back(std::make_shared<Collect>());
+    cs.push_back(std::make_shared<testing::Collector>());
     M40_ASSERT_OK(sched->Submit(r, cs.back()).status());
   }
   for (size_t i = 0; i < reqs.size(); ++i) {

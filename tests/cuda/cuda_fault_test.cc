@@ -15,6 +15,7 @@
 #include "engine/tokenizer.h"
 #include "gtest/gtest.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/support/stream_collector.h"
 #include "tests/support/test_support.h"
 
 namespace m40llm {
@@ -64,30 +65,7 @@ TEST(CudaFault, ForwardFailsWithInternalAndHealthReportsIt) {
   EXPECT_EQ(m.backend->Forward({&f, 1}, &out).code(), absl::StatusCode::kInternal);
 }
 
-class Collector : public StreamObserver {
- public:
-  void OnDelta(StreamDelta d) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    tokens += static_cast<int>(d.tokens.size());
-  }
-  void OnDone(const absl::Status& s, const FinalInfo&) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    status = s;
-    done = true;
-    cv_.notify_all();
-  }
-  bool Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, std::chrono::seconds(60), [&] { return done; });
-  }
-  int tokens = 0;
-  bool done = false;
-  absl::Status status;
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-};
+using testing::Collector;
 
 TEST(CudaFault, SchedulerFailsRequestsInFlightAndRefusesNewOnes) {
   M40_REQUIRE_CUDA_DEVICE();
@@ -113,7 +91,7 @@ TEST(CudaFault, SchedulerFailsRequestsInFlightAndRefusesNewOnes) {
   for (auto& c : cs) {
     ASSERT_TRUE(c->Wait());
     EXPECT_EQ(c->status.code(), absl::StatusCode::kInternal) << c->status;
-    EXPECT_LT(c->tokens, 100);
+    EXPECT_LT(c->tokens.size(), 100u);
   }
   EXPECT_EQ(m.backend->health().code(), absl::StatusCode::kInternal);
   GenerateRequest r;

@@ -33,6 +33,7 @@
 #include "engine/philox.h"
 #include "engine/sampler.h"
 #include "gtest/gtest.h"
+#include "persistent/sampling_state.h"
 #include "tests/cuda/cuda_test_util.h"
 
 namespace m40llm::gpu {
@@ -125,20 +126,6 @@ std::vector<float> MakeLogits(std::mt19937& rng, int n, Dist d) {
   return l;
 }
 
-SamplingParams ToParams(const SamplingState& s) {
-  SamplingParams p;
-  p.temperature = s.temperature;
-  p.top_k = s.top_k;
-  p.top_p = s.top_p;
-  p.min_p = s.min_p;
-  p.repetition_penalty = s.repetition_penalty;
-  p.presence_penalty = s.presence_penalty;
-  p.frequency_penalty = s.frequency_penalty;
-  p.penalty_last_n = s.penalty_last_n;
-  p.seed = s.seed;
-  p.n_logprobs = s.n_logprobs;
-  return p;
-}
 
 // The defaults of SamplingParams as a SamplingState.
 SamplingState DefaultState(uint64_t seed) {
@@ -229,7 +216,7 @@ struct Walk {
 };
 
 Walk WalkHost(const Case& c, float u) {
-  const SamplingParams p = ToParams(c.state);
+  const SamplingParams p = ToSamplingParams(c.state);
   const size_t n = c.logits.size();
   std::vector<float> l(n);
   for (size_t i = 0; i < n; ++i) l[i] = std::isnan(c.logits[i]) ? -kInf : c.logits[i];
@@ -325,7 +312,7 @@ std::string Describe(const Case& c) {
 void Check(const Case& c, const DeviceSample& got, SamplerScratch* scratch, Stats* st) {
   SCOPED_TRACE(Describe(c));
   const int n = static_cast<int>(c.logits.size());
-  const SamplingParams p = ToParams(c.state);
+  const SamplingParams p = ToSamplingParams(c.state);
   ASSERT_TRUE(p.Validate(n).ok()) << p.Validate(n);
   const SampleResult want =
       Sample(c.logits, p, c.history, c.stream, static_cast<uint64_t>(c.step), scratch);
