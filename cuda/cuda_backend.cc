@@ -550,6 +550,8 @@ absl::Status CudaBackend::ForwardSample(std::span<const SeqChunk> batch,
   for (const SampleSpec& sp : specs) {
     if (sp.params == nullptr) return absl::InvalidArgumentError("ForwardSample: null params");
   }
+  // Vocabularies beyond the sampling kernel's sort keys sample on the host.
+  if (config_.n_vocab > gpu::kSampleMaxVocab) return Backend::ForwardSample(batch, specs, out);
   return Run(batch, specs, nullptr, out);
 }
 
