@@ -4,10 +4,12 @@
 
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -26,9 +28,57 @@ using gpu::CudaEvent;
 using gpu::CudaStream;
 using gpu::DeviceBuffer;
 
+// cuBLAS, loaded with dlopen on first use instead of linked: linking it
+// gives every thread of the process libcublasLt's 94 KB static TLS block,
+// which leaves no room on the small stacks of civetweb's worker threads, so
+// `m40llm` (which serves metrics and also runs `bench`) must not link it.
+// cublas_v2.h supplies only the types and prototypes here.
+struct CublasApi {
+  decltype(&cublasCreate_v2) create = nullptr;
+  decltype(&cublasDestroy_v2) destroy = nullptr;
+  decltype(&cublasSetStream_v2) set_stream = nullptr;
+  decltype(&cublasSetMathMode) set_math_mode = nullptr;
+  decltype(&cublasSgemv_v2) sgemv = nullptr;
+  decltype(&cublasSgemm_v2) sgemm = nullptr;
+  decltype(&cublasGetStatusString) status_string = nullptr;
+};
+
+absl::StatusOr<const CublasApi*> Cublas() {
+  static const absl::StatusOr<CublasApi> api = []() -> absl::StatusOr<CublasApi> {
+    void* lib = nullptr;
+    for (const char* name : {"libcublas.so.13", "libcublas.so.12", "libcublas.so.11",
+                             "libcublas.so"}) {
+      lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+      if (lib != nullptr) break;
+    }
+    if (lib == nullptr) {
+      return absl::FailedPreconditionError(
+          "cuBLAS (libcublas.so.13/12/11) is not on the library path; the yardstick needs it");
+    }
+    CublasApi a;
+    bool ok = true;
+    auto load = [&](auto* fn, const char* symbol) {
+      *fn = reinterpret_cast<std::remove_pointer_t<decltype(fn)>>(dlsym(lib, symbol));
+      ok = ok && *fn != nullptr;
+    };
+    load(&a.create, "cublasCreate_v2");
+    load(&a.destroy, "cublasDestroy_v2");
+    load(&a.set_stream, "cublasSetStream_v2");
+    load(&a.set_math_mode, "cublasSetMathMode");
+    load(&a.sgemv, "cublasSgemv_v2");
+    load(&a.sgemm, "cublasSgemm_v2");
+    load(&a.status_string, "cublasGetStatusString");
+    if (!ok) return absl::FailedPreconditionError("libcublas lacks a symbol the yardstick uses");
+    return a;
+  }();
+  if (!api.ok()) return api.status();
+  return &*api;
+}
+
 absl::Status CublasStatus(cublasStatus_t st, const char* what) {
   if (st == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat(what, ": ", cublasGetStatusString(st)));
+  ASSIGN_OR_RETURN(const CublasApi* api, Cublas());
+  return absl::InternalError(absl::StrCat(what, ": ", api->status_string(st)));
 }
 
 #define YARDSTICK_CUBLAS(expr) RETURN_IF_ERROR(CublasStatus((expr), #expr))
@@ -135,7 +185,7 @@ struct ProductBench::Impl {
   cublasHandle_t cublas = nullptr;
 
   ~Impl() {
-    if (cublas != nullptr) static_cast<void>(cublasDestroy(cublas));
+    if (cublas != nullptr) static_cast<void>((*Cublas())->destroy(cublas));
   }
 
   // Our y against cuBLAS's for the first n_tok tokens.
@@ -152,15 +202,16 @@ struct ProductBench::Impl {
   // Column-major view: W is (cols x rows), x is (cols x n_tok), y is
   // (rows x n_tok), so y = W^T x.
   absl::Status RunCublas(int64_t n_tok, size_t copy, bool gemv) const {
+    ASSIGN_OR_RETURN(const CublasApi* api, Cublas());
     const float one = 1.0f;
     const float zero = 0.0f;
     const int m = static_cast<int>(rows);
     const int k = static_cast<int>(cols);
     if (gemv) {
-      YARDSTICK_CUBLAS(cublasSgemv(cublas, CUBLAS_OP_T, k, m, &one, w32[copy].get(), k, x.get(), 1,
+      YARDSTICK_CUBLAS(api->sgemv(cublas, CUBLAS_OP_T, k, m, &one, w32[copy].get(), k, x.get(), 1,
                                    &zero, y_ref.get(), 1));
     } else {
-      YARDSTICK_CUBLAS(cublasSgemm(cublas, CUBLAS_OP_T, CUBLAS_OP_N, m, static_cast<int>(n_tok), k,
+      YARDSTICK_CUBLAS(api->sgemm(cublas, CUBLAS_OP_T, CUBLAS_OP_N, m, static_cast<int>(n_tok), k,
                                    &one, w32[copy].get(), k, x.get(), k, &zero, y_ref.get(), m));
     }
     return absl::OkStatus();
@@ -223,10 +274,11 @@ absl::StatusOr<std::unique_ptr<ProductBench>> ProductBench::Create(int64_t rows,
   ASSIGN_OR_RETURN(impl->y, DeviceBuffer<float>::Allocate(max_tok * rows));
   ASSIGN_OR_RETURN(impl->y_ref, DeviceBuffer<float>::Allocate(max_tok * rows));
   ASSIGN_OR_RETURN(impl->stream, CudaStream::Create());
-  YARDSTICK_CUBLAS(cublasCreate(&impl->cublas));
-  YARDSTICK_CUBLAS(cublasSetStream(impl->cublas, impl->stream.get()));
+  ASSIGN_OR_RETURN(const CublasApi* api, Cublas());
+  YARDSTICK_CUBLAS(api->create(&impl->cublas));
+  YARDSTICK_CUBLAS(api->set_stream(impl->cublas, impl->stream.get()));
   // Plain FP32 arithmetic (no TF32 tensor cores), like our kernels.
-  YARDSTICK_CUBLAS(cublasSetMathMode(impl->cublas, CUBLAS_DEFAULT_MATH));
+  YARDSTICK_CUBLAS(api->set_math_mode(impl->cublas, CUBLAS_DEFAULT_MATH));
   CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
   return std::unique_ptr<ProductBench>(new ProductBench(std::move(impl)));
 }

@@ -4,7 +4,7 @@
 // (median of N after warm-up). Results are plain structs; nothing here prints.
 // bench/cuda_kernel_bench.cc and `m40llm bench` format them.
 //
-// cuBLAS is a yardstick only: this library links it (dynamically); the
+// cuBLAS is a yardstick only: this library opens it with dlopen at run time; the
 // product path (m40llm_cuda) never does.
 #pragma once
 
