@@ -541,15 +541,7 @@ absl::Status CudaBackend::Forward(std::span<const SeqChunk> batch, ForwardOutput
 absl::Status CudaBackend::ForwardSample(std::span<const SeqChunk> batch,
                                         std::span<const SampleSpec> specs,
                                         std::vector<SampleResult>* out) {
-  if (specs.size() != batch.size()) {
-    return absl::InvalidArgumentError("ForwardSample: one SampleSpec per chunk");
-  }
-  for (const SeqChunk& ch : batch) {
-    if (ch.all_logits) return absl::InvalidArgumentError("ForwardSample: all_logits is not allowed");
-  }
-  for (const SampleSpec& sp : specs) {
-    if (sp.params == nullptr) return absl::InvalidArgumentError("ForwardSample: null params");
-  }
+  RETURN_IF_ERROR(ValidateSampleSpecs(batch, specs));
   // Vocabularies beyond the sampling kernel's sort keys sample on the host.
   if (config_.n_vocab > gpu::kSampleMaxVocab) return Backend::ForwardSample(batch, specs, out);
   return Run(batch, specs, nullptr, out);

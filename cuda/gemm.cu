@@ -18,6 +18,7 @@
 // SM (33 KB of shared memory each); 64x128 runs 128 threads at <= 168
 // registers (three blocks), 64x64 128 threads at <= 128 (four). None spills
 // on sm_52 (scripts/maxwell-check.sh).
+#include <algorithm>
 #include <cstdint>
 
 #include "cuda/cuda_check.h"
@@ -330,17 +331,6 @@ absl::Status Launch(const uint16_t* w, int64_t rows, int64_t cols, int64_t ld, c
   return absl::OkStatus();
 }
 
-// Multiprocessors of the current device (0 when it cannot be read).
-int DeviceSmCount() {
-  int dev = 0;
-  int sms = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-    static_cast<void>(cudaGetLastError());
-    return 0;
-  }
-  return sms;
-}
 
 // The tile with the least estimated time: blocks spread evenly over the
 // SMs, so an SM runs ceil(blocks / SMs) of them one after another, each
@@ -349,7 +339,7 @@ int DeviceSmCount() {
 // to the larger tile. It counts SMs, not resident blocks, because one 8-warp
 // block per SM already ran at full rate there.
 GemmTile AutoTile(int64_t rows, int64_t n_tok) {
-  const int64_t sms = DeviceSmCount() > 0 ? DeviceSmCount() : 1;
+  const int64_t sms = std::max(internal::DeviceSmCount(), 1);
   struct Option {
     GemmTile tile;
     int64_t bm, bn;

@@ -78,4 +78,16 @@ inline unsigned int GridStrideBlocks(int64_t n, int block, int64_t max_blocks = 
   return static_cast<unsigned int>(blocks);
 }
 
+// Multiprocessors of the current device (0 when it cannot be read).
+inline int DeviceSmCount() {
+  int dev = 0;
+  int sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+    static_cast<void>(cudaGetLastError());
+    return 0;
+  }
+  return sms;
+}
+
 }  // namespace m40llm::gpu::internal

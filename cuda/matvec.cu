@@ -322,17 +322,6 @@ __global__ void __launch_bounds__(BlockThreads<kWarps>(), TileMinBlocks<kWarps>(
   }
 }
 
-// Multiprocessors of the current device (0 when it cannot be read).
-int DeviceSmCount() {
-  int dev = 0;
-  int sms = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-    static_cast<void>(cudaGetLastError());
-    return 0;
-  }
-  return sms;
-}
 
 // Blocks of `kernel` (of `block` threads) resident per SM, or 0 when unknown.
 template <typename Kernel>
@@ -378,7 +367,7 @@ template <bool kVec16>
 void LaunchForTokens(const uint16_t* w, int64_t rows, int64_t cols, int64_t ld, const float* x,
                      int64_t n_tok, float* y, cudaStream_t stream) {
   // Occupancy per SM is a property of the compiled kernel: asked once.
-  const int64_t sms = DeviceSmCount();
+  const int64_t sms = internal::DeviceSmCount();
   if (n_tok == 1) {
     static const int per_sm2 = BlocksPerSm(MatVec1Kernel<2, 4, 4, kVec16>, 128);
     static const int per_sm4 = BlocksPerSm(MatVec1Kernel<4, 2, 4, kVec16>, 128);

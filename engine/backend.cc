@@ -41,15 +41,24 @@ absl::Status ValidateBatch(const ModelConfig& c, const BackendOptions& o,
   return absl::OkStatus();
 }
 
-absl::Status Backend::ForwardSample(std::span<const SeqChunk> batch,
-                                    std::span<const SampleSpec> specs,
-                                    std::vector<SampleResult>* out) {
+absl::Status ValidateSampleSpecs(std::span<const SeqChunk> batch,
+                                 std::span<const SampleSpec> specs) {
   if (specs.size() != batch.size()) {
     return absl::InvalidArgumentError("ForwardSample: one SampleSpec per chunk");
   }
   for (const SeqChunk& c : batch) {
     if (c.all_logits) return absl::InvalidArgumentError("ForwardSample: all_logits is not allowed");
   }
+  for (const SampleSpec& sp : specs) {
+    if (sp.params == nullptr) return absl::InvalidArgumentError("ForwardSample: null params");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Backend::ForwardSample(std::span<const SeqChunk> batch,
+                                    std::span<const SampleSpec> specs,
+                                    std::vector<SampleResult>* out) {
+  RETURN_IF_ERROR(ValidateSampleSpecs(batch, specs));
   thread_local ForwardOutput logits;
   thread_local SamplerScratch scratch;
   RETURN_IF_ERROR(Forward(batch, &logits));

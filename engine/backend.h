@@ -49,6 +49,11 @@ struct SampleSpec {
 absl::Status ValidateBatch(const ModelConfig& c, const BackendOptions& o,
                            std::span<const SeqChunk> batch);
 
+// Checks ForwardSample's extra arguments: one spec with params per chunk and
+// no chunk asking for all its logits.
+absl::Status ValidateSampleSpecs(std::span<const SeqChunk> batch,
+                                 std::span<const SampleSpec> specs);
+
 // Memory a backend holds, in bytes, and the memory of the device it runs
 // on (host RAM for the CPU backend). device_* are 0 when unknown.
 struct BackendMemory {
