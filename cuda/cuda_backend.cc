@@ -10,6 +10,8 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -162,6 +164,17 @@ struct DeviceLayer {
   DeviceMatrix gate, up, down;
 };
 
+// An instantiated CUDA graph.
+struct GraphExec {
+  cudaGraphExec_t exec = nullptr;
+  GraphExec() = default;
+  GraphExec(const GraphExec&) = delete;
+  GraphExec& operator=(const GraphExec&) = delete;
+  ~GraphExec() {
+    if (exec != nullptr) static_cast<void>(cudaGraphExecDestroy(exec));
+  }
+};
+
 // One stream and the scratch one forward pass needs.
 struct PassContext {
   gpu::CudaStream stream;
@@ -182,6 +195,10 @@ struct PassContext {
   gpu::DeviceBuffer<uint8_t> sample_ws;
   gpu::DeviceBuffer<gpu::DeviceSample> sample_out;
   gpu::PinnedBuffer<gpu::DeviceSample> host_sample_out;
+  // Captured decode steps, by DecodeGraphKey: one graph launch replays the
+  // whole step (embedding to LM head, and sampling) instead of one launch
+  // per operation.
+  std::map<int, std::unique_ptr<GraphExec>> graphs;
   bool busy = false;
 };
 
@@ -203,6 +220,7 @@ struct CudaBackend::Impl {
   int64_t T = 0;
   std::atomic<int64_t> passes{0};
   int fault_after = 0;
+  bool decode_graphs = true;
 
   const DeviceMatrix& lm_head(const ModelConfig& c) const {
     return c.tied_output ? token_embd : output;
@@ -350,6 +368,8 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const GgufFile&
   Impl& d = *b->impl_;
   d.device = opts.device;
   d.fault_after = opts.fault_after_passes;
+  d.decode_graphs = opts.decode_graphs;
+  if (const char* e = std::getenv("M40LLM_CUDA_GRAPHS")) d.decode_graphs = std::atoi(e) != 0;
   if (d.fault_after == 0) {
     if (const char* e = std::getenv("M40LLM_CUDA_FAULT_AFTER_PASSES")) d.fault_after = std::atoi(e);
   }
@@ -479,12 +499,14 @@ struct Piece {
 namespace {
 
 
-// Samples the m logit rows in p.logits with specs[0..m) on the device and
-// copies the results into out[0..m). Each row's history is staged as its
-// penalty window only (the last penalty_last_n tokens, all for -1), which the
-// kernel then reads whole: the same tokens Sample() looks at.
-absl::Status SampleRows(const ModelConfig& c, int ctx_per_slot, PassContext& p,
-                        std::span<const SampleSpec> specs, cudaStream_t st, SampleResult* out) {
+// Device sampling of the m logit rows in p.logits in three parts, so that a
+// captured decode step can hold the kernel while the copies stay outside:
+// stage specs[0..m) into the device's staging buffer, enqueue the kernel,
+// fetch the results into out[0..m). Each row's history is staged as its
+// penalty window only (the last penalty_last_n tokens, all for -1), which
+// the kernel then reads whole: the same tokens Sample() looks at.
+absl::Status StageSampleInputs(int ctx_per_slot, PassContext& p,
+                               std::span<const SampleSpec> specs, cudaStream_t st) {
   const SampleLayout L(ctx_per_slot);
   const int m = static_cast<int>(specs.size());
   uint8_t* h = p.host_sample_in.data();
@@ -507,15 +529,25 @@ absl::Status SampleRows(const ModelConfig& c, int ctx_per_slot, PassContext& p,
   }
   // Everything up to the last row's window, in one copy.
   const size_t bytes = L.hist + ((m - 1) * L.H + hist_len[m - 1]) * sizeof(int32_t);
-  uint8_t* d = p.sample_in.get();
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, st));
-  RETURN_IF_ERROR(gpu::LaunchSample(
+  CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(p.sample_in.get(), h, bytes, cudaMemcpyHostToDevice, st));
+  return absl::OkStatus();
+}
+
+absl::Status EnqueueSample(const ModelConfig& c, int ctx_per_slot, PassContext& p, int m,
+                           cudaStream_t st) {
+  const SampleLayout L(ctx_per_slot);
+  const uint8_t* d = p.sample_in.get();
+  return gpu::LaunchSample(
       p.logits, m, c.n_vocab, reinterpret_cast<const SamplingState*>(d + L.params),
       reinterpret_cast<const int32_t*>(d + L.hist), L.H,
       reinterpret_cast<const int32_t*>(d + L.hist_len),
       reinterpret_cast<const uint64_t*>(d + L.streams),
       reinterpret_cast<const int32_t*>(d + L.steps), p.sample_ws.get(), p.sample_ws.bytes(),
-      p.sample_out.get(), st));
+      p.sample_out.get(), st);
+}
+
+absl::Status FetchSamples(PassContext& p, int m, cudaStream_t st, SampleResult* out) {
   CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(p.host_sample_out.data(), p.sample_out.get(),
                                        m * sizeof(gpu::DeviceSample), cudaMemcpyDeviceToHost, st));
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(st));
@@ -529,6 +561,38 @@ absl::Status SampleRows(const ModelConfig& c, int ctx_per_slot, PassContext& p,
       r.top.push_back({ds.top[k].token, ds.top[k].logprob});
     }
   }
+  return absl::OkStatus();
+}
+
+// Captures what `enqueue` puts on stream `st` into an instantiated graph.
+// The capture is ended whatever happens, so the stream is usable after an
+// error.
+absl::StatusOr<std::unique_ptr<GraphExec>> CaptureGraph(
+    cudaStream_t st, const std::function<absl::Status()>& enqueue) {
+  CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  const absl::Status s = enqueue();
+  cudaGraph_t graph = nullptr;
+  const cudaError_t end = cudaStreamEndCapture(st, &graph);
+  if (!s.ok() || end != cudaSuccess) {
+    if (graph != nullptr) static_cast<void>(cudaGraphDestroy(graph));
+    RETURN_IF_ERROR(s);
+    CUDA_RETURN_IF_ERROR(end);
+  }
+  auto g = std::make_unique<GraphExec>();
+  const cudaError_t inst = cudaGraphInstantiateWithFlags(&g->exec, graph, 0);
+  static_cast<void>(cudaGraphDestroy(graph));
+  CUDA_RETURN_IF_ERROR(inst);
+  return g;
+}
+
+// Copies m logit rows to out (n_vocab floats each) through the pinned buffer.
+absl::Status FetchLogits(const ModelConfig& c, PassContext& p, int64_t m, cudaStream_t st,
+                         float* out) {
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(p.host_logits.data(), p.logits,
+                                       m * c.n_vocab * sizeof(float), cudaMemcpyDeviceToHost,
+                                       st));
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(st));
+  std::memcpy(out, p.host_logits.data(), m * c.n_vocab * sizeof(float));
   return absl::OkStatus();
 }
 
@@ -664,51 +728,95 @@ absl::Status CudaBackend::Run(std::span<const SeqChunk> batch, std::span<const S
       const int32_t *d_tok = di, *d_slot = di + n, *d_pos = di + 2 * n, *d_len = di + 3 * n;
       const int32_t* d_chunks = di + 4 * n;
 
-      RETURN_IF_ERROR(
-          gpu::LaunchEmbeddingGather(d.token_embd.w, c.n_vocab, n_embd, d_tok, n, p->x, st));
-      for (int l = 0; l < c.n_layer; ++l) {
-        const DeviceLayer& w = d.layers[l];
-        uint16_t* kc = d.k_cache.get() + l * d.layer_cache_values;
-        uint16_t* vc = d.v_cache.get() + l * d.layer_cache_values;
-        // Attention block.
-        RETURN_IF_ERROR(gpu::LaunchRmsNorm(p->x, w.attn_norm, n, n_embd, c.rms_eps, p->h, st));
-        RETURN_IF_ERROR(MatMul(product, w.wq, p->h, n, p->q, st));
-        RETURN_IF_ERROR(MatMul(product, w.wk, p->h, n, p->k, st));
-        RETURN_IF_ERROR(MatMul(product, w.wv, p->h, n, p->v, st));
-        RETURN_IF_ERROR(gpu::LaunchRope(p->q, n, c.n_head, c.head_dim, q_dim, d_pos, rope, st));
-        RETURN_IF_ERROR(gpu::LaunchRope(p->k, n, c.n_head_kv, c.head_dim, kv_dim, d_pos, rope, st));
-        RETURN_IF_ERROR(gpu::LaunchKvAppend(p->k, p->v, n, d_slot, d_pos, c.n_head_kv, c.head_dim,
-                                            kc, vc, opts_.base.max_slots, opts_.base.ctx_per_slot,
-                                            st));
-        if (prefill_attention) {
-          RETURN_IF_ERROR(gpu::LaunchPrefillAttention(
-              p->q, n, c.n_head, c.n_head_kv, c.head_dim, d_chunks, d_chunks + n,
-              d_chunks + 2 * n, d_chunks + 3 * n, n_chunks, max_chunk, max_ctx, kc, vc,
-              opts_.base.max_slots, opts_.base.ctx_per_slot, p->att, st));
-        } else {
-          RETURN_IF_ERROR(gpu::LaunchDecodeAttention(
-              p->q, static_cast<int>(n), c.n_head, d_slot, d_len, max_len, c.n_head_kv,
-              c.head_dim, kc, vc, opts_.base.max_slots, opts_.base.ctx_per_slot, p->attn_ws.get(),
-              p->attn_ws.bytes(), p->att, st,
-              gpu::DecodeAttentionFixedSplitLen(opts_.base.ctx_per_slot)));
+      // Embedding and every layer. attn_max_len bounds the decode kernel's
+      // splits: the batch's longest context when run directly, the slot size
+      // in a captured step (a fixed grid). With the fixed split length a
+      // sequence's result does not depend on it either way.
+      auto body = [&](int attn_max_len) -> absl::Status {
+        RETURN_IF_ERROR(
+            gpu::LaunchEmbeddingGather(d.token_embd.w, c.n_vocab, n_embd, d_tok, n, p->x, st));
+        for (int l = 0; l < c.n_layer; ++l) {
+          const DeviceLayer& w = d.layers[l];
+          uint16_t* kc = d.k_cache.get() + l * d.layer_cache_values;
+          uint16_t* vc = d.v_cache.get() + l * d.layer_cache_values;
+          // Attention block.
+          RETURN_IF_ERROR(gpu::LaunchRmsNorm(p->x, w.attn_norm, n, n_embd, c.rms_eps, p->h, st));
+          RETURN_IF_ERROR(MatMul(product, w.wq, p->h, n, p->q, st));
+          RETURN_IF_ERROR(MatMul(product, w.wk, p->h, n, p->k, st));
+          RETURN_IF_ERROR(MatMul(product, w.wv, p->h, n, p->v, st));
+          RETURN_IF_ERROR(gpu::LaunchRope(p->q, n, c.n_head, c.head_dim, q_dim, d_pos, rope, st));
+          RETURN_IF_ERROR(
+              gpu::LaunchRope(p->k, n, c.n_head_kv, c.head_dim, kv_dim, d_pos, rope, st));
+          RETURN_IF_ERROR(gpu::LaunchKvAppend(p->k, p->v, n, d_slot, d_pos, c.n_head_kv,
+                                              c.head_dim, kc, vc, opts_.base.max_slots,
+                                              opts_.base.ctx_per_slot, st));
+          if (prefill_attention) {
+            RETURN_IF_ERROR(gpu::LaunchPrefillAttention(
+                p->q, n, c.n_head, c.n_head_kv, c.head_dim, d_chunks, d_chunks + n,
+                d_chunks + 2 * n, d_chunks + 3 * n, n_chunks, max_chunk, max_ctx, kc, vc,
+                opts_.base.max_slots, opts_.base.ctx_per_slot, p->att, st));
+          } else {
+            RETURN_IF_ERROR(gpu::LaunchDecodeAttention(
+                p->q, static_cast<int>(n), c.n_head, d_slot, d_len, attn_max_len, c.n_head_kv,
+                c.head_dim, kc, vc, opts_.base.max_slots, opts_.base.ctx_per_slot,
+                p->attn_ws.get(), p->attn_ws.bytes(), p->att, st,
+                gpu::DecodeAttentionFixedSplitLen(opts_.base.ctx_per_slot)));
+          }
+          RETURN_IF_ERROR(MatMul(product, w.wo, p->att, n, p->proj, st));
+          RETURN_IF_ERROR(gpu::LaunchAdd(p->x, p->proj, n * n_embd, p->x, st));
+          // Feed-forward block (SwiGLU).
+          RETURN_IF_ERROR(gpu::LaunchRmsNorm(p->x, w.ffn_norm, n, n_embd, c.rms_eps, p->h, st));
+          RETURN_IF_ERROR(MatMul(product, w.gate, p->h, n, p->gate, st));
+          RETURN_IF_ERROR(MatMul(product, w.up, p->h, n, p->up, st));
+          RETURN_IF_ERROR(gpu::LaunchSwiGlu(p->gate, p->up, n * c.n_ff, p->gate, st));
+          RETURN_IF_ERROR(MatMul(product, w.down, p->gate, n, p->proj, st));
+          RETURN_IF_ERROR(gpu::LaunchAdd(p->x, p->proj, n * n_embd, p->x, st));
         }
-        RETURN_IF_ERROR(MatMul(product, w.wo, p->att, n, p->proj, st));
-        RETURN_IF_ERROR(gpu::LaunchAdd(p->x, p->proj, n * n_embd, p->x, st));
-        // Feed-forward block (SwiGLU).
-        RETURN_IF_ERROR(gpu::LaunchRmsNorm(p->x, w.ffn_norm, n, n_embd, c.rms_eps, p->h, st));
-        RETURN_IF_ERROR(MatMul(product, w.gate, p->h, n, p->gate, st));
-        RETURN_IF_ERROR(MatMul(product, w.up, p->h, n, p->up, st));
-        RETURN_IF_ERROR(gpu::LaunchSwiGlu(p->gate, p->up, n * c.n_ff, p->gate, st));
-        RETURN_IF_ERROR(MatMul(product, w.down, p->gate, n, p->proj, st));
-        RETURN_IF_ERROR(gpu::LaunchAdd(p->x, p->proj, n * n_embd, p->x, st));
-      }
+        return absl::OkStatus();
+      };
 
-      // Final norm and LM head for the rows that give logits, kLogitRows at
-      // a time: gather them into h (contiguous), normalise, project, copy.
-      std::vector<int64_t> rows;
+      std::vector<int64_t> rows;  // tokens of the piece that give logits
       for (int64_t t = 0; t < n; ++t) {
         if (emits[a + t]) rows.push_back(t);
       }
+
+      // A decode step of up to kLogitRows sequences is replayed from a CUDA
+      // graph captured the first time its shape (tokens, sampling or not)
+      // comes up: inputs are staged into the same buffers before the launch
+      // and results copied out after it.
+      if (d.decode_graphs && !prefill_attention && static_cast<int64_t>(rows.size()) == n &&
+          n <= kLogitRows) {
+        const int m = static_cast<int>(n);
+        if (sampling) {
+          RETURN_IF_ERROR(StageSampleInputs(opts_.base.ctx_per_slot, *p, specs.subspan(row_out, m),
+                                            st));
+        }
+        std::unique_ptr<GraphExec>& g = p->graphs[m * 2 + (sampling ? 1 : 0)];
+        if (!g) {
+          ASSIGN_OR_RETURN(g, CaptureGraph(st, [&]() -> absl::Status {
+            RETURN_IF_ERROR(body(opts_.base.ctx_per_slot));
+            RETURN_IF_ERROR(
+                gpu::LaunchRmsNorm(p->x, d.output_norm, n, n_embd, c.rms_eps, p->h, st));
+            RETURN_IF_ERROR(MatMul(Product::kDecode, head, p->h, n, p->logits, st));
+            if (sampling) {
+              RETURN_IF_ERROR(EnqueueSample(c, opts_.base.ctx_per_slot, *p, m, st));
+            }
+            return absl::OkStatus();
+          }));
+        }
+        CUDA_RETURN_IF_ERROR(cudaGraphLaunch(g->exec, st));
+        if (sampling) {
+          RETURN_IF_ERROR(FetchSamples(*p, m, st, samples->data() + row_out));
+        } else {
+          RETURN_IF_ERROR(FetchLogits(c, *p, n, st, out->logits.data() + row_out * c.n_vocab));
+        }
+        row_out += n;
+        continue;
+      }
+
+      RETURN_IF_ERROR(body(max_len));
+      // Final norm and LM head for the rows that give logits, kLogitRows at
+      // a time: gather them into h (contiguous), normalise, project, copy.
       for (size_t r0 = 0; r0 < rows.size(); r0 += kLogitRows) {
         const int64_t m = std::min<int64_t>(kLogitRows, static_cast<int64_t>(rows.size() - r0));
         const float* src = p->x + rows[r0] * n_embd;
@@ -725,15 +833,12 @@ absl::Status CudaBackend::Run(std::span<const SeqChunk> batch, std::span<const S
         RETURN_IF_ERROR(gpu::LaunchRmsNorm(src, d.output_norm, m, n_embd, c.rms_eps, p->h, st));
         RETURN_IF_ERROR(MatMul(Product::kDecode, head, p->h, m, p->logits, st));
         if (sampling) {
-          RETURN_IF_ERROR(SampleRows(c, opts_.base.ctx_per_slot, *p, specs.subspan(row_out, m), st,
-                                     samples->data() + row_out));
+          const auto rows_specs = specs.subspan(row_out, m);
+          RETURN_IF_ERROR(StageSampleInputs(opts_.base.ctx_per_slot, *p, rows_specs, st));
+          RETURN_IF_ERROR(EnqueueSample(c, opts_.base.ctx_per_slot, *p, static_cast<int>(m), st));
+          RETURN_IF_ERROR(FetchSamples(*p, static_cast<int>(m), st, samples->data() + row_out));
         } else {
-          CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(p->host_logits.data(), p->logits,
-                                               m * c.n_vocab * sizeof(float),
-                                               cudaMemcpyDeviceToHost, st));
-          CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(st));
-          std::memcpy(out->logits.data() + row_out * c.n_vocab, p->host_logits.data(),
-                      m * c.n_vocab * sizeof(float));
+          RETURN_IF_ERROR(FetchLogits(c, *p, m, st, out->logits.data() + row_out * c.n_vocab));
         }
         row_out += m;
       }

@@ -1,7 +1,8 @@
 // The llama forward pass on one CUDA device, behind the same Backend
 // interface as the CPU reference: FP16 weights and KV cache in device memory,
-// FP32 arithmetic, one kernel launch per operation (the launch-per-step
-// baseline the persistent decode kernel has to beat).
+// FP32 arithmetic, one kernel per operation, launched from the host each step
+// (decode steps of up to 64 sequences replayed from captured CUDA graphs):
+// the baseline the persistent decode kernel has to beat.
 //
 // Memory plan, all allocated once at Create (and refused before any
 // allocation when it does not fit):
@@ -36,6 +37,10 @@ struct CudaBackendOptions {
   BackendOptions base;          // slots and context per slot (n_threads: dequantisation)
   int device = 0;               // CUDA device ordinal
   int max_tokens_per_pass = 512;  // tokens per forward pass; larger batches run in pieces
+  // Replay decode steps of up to 64 sequences from captured CUDA graphs (one
+  // launch a step instead of one per operation). The environment variable
+  // M40LLM_CUDA_GRAPHS=0 (or 1) overrides it, for side-by-side measurement.
+  bool decode_graphs = true;
   // Testing only: after this many forward passes, the next one makes the
   // device fault (a trap kernel). 0 = never. Also read from the environment
   // variable M40LLM_CUDA_FAULT_AFTER_PASSES when this is 0.

@@ -216,6 +216,11 @@ if [ "${GPU_BENCH:-1}" != 0 ]; then
     echo "== m40llm bench --preset $preset"
     "$m40llm" bench --preset "$preset" --preset-dir "$models" --json "$out/bench_$preset.json" \
       2>&1 | tee "$out/bench_$preset.txt" || status=1
+    # The same decode steps launched one kernel at a time, side by side.
+    echo "== m40llm bench --preset $preset, decode without CUDA graphs"
+    M40LLM_CUDA_GRAPHS=0 "$m40llm" bench --preset "$preset" --preset-dir "$models" --prefill 0 \
+      --no-kernels --json "$out/bench_${preset}_nographs.json" 2>&1 |
+      tee "$out/bench_${preset}_nographs.txt" || status=1
   done
 fi
 exit $status

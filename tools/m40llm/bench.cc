@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -146,10 +147,16 @@ int RunBench(const BenchOptions& o) {
   j["weight_bytes"] = engine->weight_bytes;
   j["weight_bytes_per_step"] = step_bytes;
   j["load_seconds"] = load_s;
+  const char* graphs_env = std::getenv("M40LLM_CUDA_GRAPHS");
+  j["cuda_decode_graphs"] = graphs_env == nullptr || std::atoi(graphs_env) != 0;
   std::printf("model %s on %s (%s backend), loaded in %.1f s\n", path->c_str(),
               be.device().c_str(), be.name().c_str(), load_s);
   std::printf("weights %.2f GiB; a decode step reads %.2f GiB of them\n",
               engine->weight_bytes / 1073741824.0, step_bytes / 1073741824.0);
+  if (be.name() == "cuda") {
+    std::printf("decode steps: %s (M40LLM_CUDA_GRAPHS)\n",
+                j["cuda_decode_graphs"].get<bool>() ? "CUDA graphs" : "one launch per operation");
+  }
 
   double copy_gbs = 0;
 #if M40LLM_HAVE_YARDSTICK
