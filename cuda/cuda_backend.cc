@@ -324,6 +324,32 @@ absl::Status MatMul(Product kind, const DeviceMatrix& m, const float* x, int64_t
 
 }  // namespace
 
+namespace {
+
+// Runs one tiny kernel so that a build without code for this GPU (e.g. CUDA 13
+// binaries, which cannot target Maxwell, on a Tesla M40) is refused at start-up
+// with a clear message instead of failing every request.
+absl::Status ProbeKernels(const cudaDeviceProp& prop, int device) {
+  ASSIGN_OR_RETURN(auto buf, gpu::DeviceBuffer<float>::Allocate(2));
+  RETURN_IF_ERROR(buf.FillBytes(0));
+  RETURN_IF_ERROR(gpu::LaunchAdd(buf.get(), buf.get() + 1, 1, buf.get(), nullptr));
+  const cudaError_t err = cudaDeviceSynchronize();
+  if (err == cudaErrorNoKernelImageForDevice || err == cudaErrorInvalidDeviceFunction ||
+      err == cudaErrorUnsupportedPtxVersion) {
+    static_cast<void>(cudaGetLastError());
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "CUDA device %d (%s) is sm_%d%d, and this build has no kernels for it (%s): rebuild with "
+        "a CUDA toolkit that targets it and CMAKE_CUDA_ARCHITECTURES including %d%d (CUDA 12.x "
+        "or older for the Maxwell M40; see docs/gpu.md)",
+        device, prop.name, prop.major, prop.minor, cudaGetErrorName(err), prop.major,
+        prop.minor));
+  }
+  CUDA_RETURN_IF_ERROR(err);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const GgufFile& file,
                                                                 const CudaBackendOptions& opts,
                                                                 const ProgressFn& progress) {
@@ -357,6 +383,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const GgufFile&
   CUDA_RETURN_IF_ERROR(cudaSetDevice(opts.device));
   cudaDeviceProp prop{};
   CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, opts.device));
+  RETURN_IF_ERROR(ProbeKernels(prop, opts.device));
   size_t free = 0, total = 0;
   CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free, &total));
   b->device_desc_ = absl::StrFormat("CUDA device %d: %s (sm_%d%d, %.1f GiB)", opts.device,
