@@ -62,7 +62,8 @@ __device__ __forceinline__ bool ValidSequence(int slot, int len, int max_slots, 
 
 template <int kLanesPerRow, int kHeads>
 __global__ void __launch_bounds__(kBlock)
-    DecodeAttentionKernel(const float* __restrict__ q,           // (n_seq, n_head, head_dim)
+    DecodeAttentionKernel(const float* __restrict__ q,  // (n_seq, q_stride), heads packed in a row
+                          int64_t q_stride,
                           const int32_t* __restrict__ slots,     // (n_seq)
                           const int32_t* __restrict__ lengths,   // (n_seq)
                           const uint16_t* __restrict__ k_cache,  // (slots, n_head_kv, ctx, hd)
@@ -120,7 +121,7 @@ __global__ void __launch_bounds__(kBlock)
   float qr[kHeads][8];
 #pragma unroll
   for (int g = 0; g < kHeads; ++g) {
-    const float* qh = q + (seq * n_head + h0 + g) * head_dim + d0;
+    const float* qh = q + seq * q_stride + (h0 + g) * head_dim + d0;
 #pragma unroll
     for (int k = 0; k < 8; ++k) qr[g][k] = (g < n_h && has_dims) ? __ldg(qh + k) : 0.0f;
   }
@@ -352,6 +353,7 @@ SplitPlan PlanSplits(int64_t base_blocks, int64_t sm_count, int max_len, int64_t
 
 struct KernelArgs {
   const float* q;
+  int64_t q_stride;
   const int32_t* slots;
   const int32_t* lengths;
   const uint16_t* k_cache;
@@ -371,8 +373,8 @@ void LaunchMain(const KernelArgs& a, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned int>(a.n_head_kv * tiles_per_kv),
                   static_cast<unsigned int>(a.plan.n_splits), static_cast<unsigned int>(a.n_seq));
   DecodeAttentionKernel<kLanesPerRow, kHeads><<<grid, kBlock, 0, stream>>>(
-      a.q, a.slots, a.lengths, a.k_cache, a.v_cache, a.max_len, a.n_head, a.n_head_kv, a.head_dim,
-      a.max_slots, a.ctx_per_slot, a.group, a.plan.split_len, a.plan.n_splits, a.scale, a.part_o,
+      a.q, a.q_stride, a.slots, a.lengths, a.k_cache, a.v_cache, a.max_len, a.n_head, a.n_head_kv,
+      a.head_dim, a.max_slots, a.ctx_per_slot, a.group, a.plan.split_len, a.plan.n_splits, a.scale, a.part_o,
       a.part_ml, a.out);
 }
 
@@ -412,7 +414,8 @@ absl::Status LaunchDecodeAttention(const float* q, int n_seq, int n_head, const 
                                    const int32_t* lengths, int max_len, int n_head_kv, int head_dim,
                                    const uint16_t* k_cache, const uint16_t* v_cache, int max_slots,
                                    int ctx_per_slot, void* workspace, size_t workspace_bytes,
-                                   float* out, cudaStream_t stream, int fixed_split_len) {
+                                   float* out, cudaStream_t stream, int fixed_split_len,
+                                   int64_t q_row_stride) {
   if (n_seq < 0) return absl::InvalidArgumentError("LaunchDecodeAttention: negative n_seq");
   if (n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv != 0) {
     return absl::InvalidArgumentError(
@@ -432,6 +435,10 @@ absl::Status LaunchDecodeAttention(const float* q, int n_seq, int n_head, const 
   }
   if (n_seq > 65535) {
     return absl::InvalidArgumentError("LaunchDecodeAttention: n_seq exceeds 65535 (grid z)");
+  }
+  if (q_row_stride != 0 && q_row_stride < static_cast<int64_t>(n_head) * head_dim) {
+    return absl::InvalidArgumentError(
+        "LaunchDecodeAttention: q_row_stride must be 0 or at least n_head * head_dim");
   }
   if (n_seq == 0) return absl::OkStatus();
   if (max_len < 1 || max_len > ctx_per_slot) {
@@ -465,6 +472,7 @@ absl::Status LaunchDecodeAttention(const float* q, int n_seq, int n_head, const 
 
   KernelArgs a{};
   a.q = q;
+  a.q_stride = q_row_stride > 0 ? q_row_stride : static_cast<int64_t>(n_head) * head_dim;
   a.slots = slots;
   a.lengths = lengths;
   a.k_cache = k_cache;

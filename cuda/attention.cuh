@@ -59,13 +59,16 @@ size_t DecodeAttentionWorkspaceBytes(int max_seqs, int n_head, int head_dim, int
 // many positions, so each sequence's output depends only on its own data:
 // batch-invariant decoding. The workspace must then hold the splits of
 // max_len (DecodeAttentionWorkspaceBytes covers it).
+// q_row_stride: floats from one sequence's q row to the next; 0 means
+// n_head * head_dim (packed). A larger stride reads Q inside a fused QKV row.
 [[nodiscard]] absl::Status LaunchDecodeAttention(const float* q, int n_seq, int n_head,
                                                  const int32_t* slots, const int32_t* lengths,
                                                  int max_len, int n_head_kv, int head_dim,
                                                  const uint16_t* k_cache, const uint16_t* v_cache,
                                                  int max_slots, int ctx_per_slot, void* workspace,
                                                  size_t workspace_bytes, float* out,
-                                                 cudaStream_t stream, int fixed_split_len = 0);
+                                                 cudaStream_t stream, int fixed_split_len = 0,
+                                                 int64_t q_row_stride = 0);
 
 // The split length for batch-invariant calls on a cache of ctx_per_slot
 // positions: the shortest whole number of tiles, at least the minimum split,

@@ -79,7 +79,8 @@ ScratchShape ScratchFor(const ModelConfig& c, const CudaBackendOptions& o) {
   const int64_t T = s.T;
   // x, h, proj (n_embd); q, att (q_dim); k, v (kv_dim); gate, up (n_ff); logits.
   s.floats = static_cast<uint64_t>(T) * (3 * c.n_embd + 2 * c.q_dim() + 2 * c.kv_dim() + 2 * c.n_ff) +
-             static_cast<uint64_t>(kLogitRows) * c.n_vocab;
+             static_cast<uint64_t>(kLogitRows) * (c.n_vocab + c.q_dim() + 2 * c.kv_dim() + 2 * c.n_ff) +
+             4 * 16;  // alignment of each piece
   // ids, slots, positions, lengths (T each); chunk slot, pos, len, row (up to T each)
   s.ints = static_cast<uint64_t>(T) * 8 + 64;
   s.attn_ws = gpu::DecodeAttentionWorkspaceBytes(static_cast<int>(T), c.n_head, c.head_dim,
@@ -157,11 +158,17 @@ struct DeviceMatrix {
   int64_t rows = 0, cols = 0, ld = 0;
 };
 
+// A layer's weights. wq, wk and wv are consecutive rows of one allocation,
+// viewed whole as qkv (q_dim + 2 kv_dim rows), and gate and up likewise as
+// gate_up (2 n_ff rows): decode steps run one product for each, prompts the
+// separate ones.
 struct DeviceLayer {
   const float* attn_norm = nullptr;  // (n_embd)
   DeviceMatrix wq, wk, wv, wo;
+  DeviceMatrix qkv;
   const float* ffn_norm = nullptr;  // (n_embd)
   DeviceMatrix gate, up, down;
+  DeviceMatrix gate_up;
 };
 
 // An instantiated CUDA graph.
@@ -184,6 +191,8 @@ struct PassContext {
   float *k = nullptr, *v = nullptr;                   // (T, kv_dim)
   float *gate = nullptr, *up = nullptr;               // (T, n_ff)
   float* logits = nullptr;                            // (kLogitRows, n_vocab)
+  float* qkv = nullptr;      // (kLogitRows, q_dim + 2 kv_dim): fused decode product
+  float* gate_up = nullptr;  // (kLogitRows, 2 n_ff): fused decode product
   gpu::DeviceBuffer<int32_t> ints;  // ids, slots, positions, lengths (T each), chunks (4 x T)
   gpu::DeviceBuffer<uint8_t> attn_ws;
   gpu::PinnedBuffer<int32_t> host_ints;   // staging for `ints`
@@ -243,7 +252,7 @@ namespace {
 // reused host buffer, then copied into its padded device rows.
 class DeviceSink : public WeightSink {
  public:
-  explicit DeviceSink(CudaBackend::Impl* d) : d_(d) {}
+  DeviceSink(CudaBackend::Impl* d, const ModelConfig& c) : d_(d), c_(c) {}
 
   absl::StatusOr<uint16_t*> MatrixBuffer(WeightId, int, int64_t rows, int64_t cols) override {
     host_.resize(static_cast<size_t>(rows * cols));
@@ -257,7 +266,7 @@ class DeviceSink : public WeightSink {
     // The embedding table keeps dense rows for the gather; every other
     // matrix gets 16-byte rows for the matmul kernels' fast path.
     m.ld = id == WeightId::kTokenEmbd ? cols : PaddedCols(cols);
-    ASSIGN_OR_RETURN(void* dst, d_->Carve(MatrixBytes(rows, cols)));
+    ASSIGN_OR_RETURN(void* dst, Place(id, layer, rows, cols));
     if (m.ld != cols) {
       CUDA_RETURN_IF_ERROR(cudaMemset(dst, 0, MatrixBytes(rows, cols)));
     }
@@ -296,7 +305,32 @@ class DeviceSink : public WeightSink {
   }
 
  private:
+  // Device rows for a matrix: its own carve, except that wq carves room for
+  // wq, wk, wv together (and gate for gate, up), which then follow it.
+  absl::StatusOr<void*> Place(WeightId id, int layer, int64_t rows, int64_t cols) {
+    DeviceLayer* L = layer >= 0 ? &d_->layers[layer] : nullptr;
+    const int64_t ld = PaddedCols(cols);
+    auto fused = [&](DeviceMatrix* whole, int64_t total_rows) -> absl::StatusOr<void*> {
+      ASSIGN_OR_RETURN(void* base, d_->Carve(MatrixBytes(total_rows, cols)));
+      *whole = DeviceMatrix{static_cast<const uint16_t*>(base), total_rows, cols, ld};
+      return base;
+    };
+    auto after = [&](const DeviceMatrix& prev) -> absl::StatusOr<void*> {
+      if (prev.w == nullptr) return absl::InternalError("DeviceSink: fused weights out of order");
+      return static_cast<void*>(const_cast<uint16_t*>(prev.w) + prev.rows * prev.ld);
+    };
+    switch (id) {
+      case WeightId::kWq: return fused(&L->qkv, c_.q_dim() + 2 * static_cast<int64_t>(c_.kv_dim()));
+      case WeightId::kWk: return after(L->wq);
+      case WeightId::kWv: return after(L->wk);
+      case WeightId::kGate: return fused(&L->gate_up, 2 * static_cast<int64_t>(c_.n_ff));
+      case WeightId::kUp: return after(L->gate);
+      default: return d_->Carve(MatrixBytes(rows, cols));
+    }
+  }
+
   CudaBackend::Impl* d_;
+  const ModelConfig& c_;
   std::vector<uint16_t> host_;
 };
 
@@ -415,9 +449,9 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const GgufFile&
     ASSIGN_OR_RETURN(p.stream, gpu::CudaStream::Create());
     ASSIGN_OR_RETURN(p.floats, gpu::DeviceBuffer<float>::Allocate(s.floats));
     float* f = p.floats.get();
-    auto take = [&f](int64_t n) {
+    auto take = [&f](int64_t n) {  // 16-byte aligned pieces
       float* r = f;
-      f += n;
+      f += (n + 3) / 4 * 4;
       return r;
     };
     const int64_t T = s.T;
@@ -431,6 +465,8 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const GgufFile&
     p.gate = take(T * c.n_ff);
     p.up = take(T * c.n_ff);
     p.logits = take(static_cast<int64_t>(kLogitRows) * c.n_vocab);
+    p.qkv = take(static_cast<int64_t>(kLogitRows) * (c.q_dim() + 2 * c.kv_dim()));
+    p.gate_up = take(static_cast<int64_t>(kLogitRows) * 2 * c.n_ff);
     ASSIGN_OR_RETURN(p.ints, gpu::DeviceBuffer<int32_t>::Allocate(s.ints));
     ASSIGN_OR_RETURN(p.attn_ws, gpu::DeviceBuffer<uint8_t>::Allocate(s.attn_ws));
     ASSIGN_OR_RETURN(p.host_ints, gpu::PinnedBuffer<int32_t>::Allocate(s.ints));
@@ -445,7 +481,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const GgufFile&
     ASSIGN_OR_RETURN(p.host_sample_out, gpu::PinnedBuffer<gpu::DeviceSample>::Allocate(kLogitRows));
   }
 
-  DeviceSink sink(&d);
+  DeviceSink sink(&d, c);
   RETURN_IF_ERROR(StreamLlamaWeights(file, c, &sink, progress, bo.n_threads, &b->clamped_));
   CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
   spdlog::info("{}: weights {:.2f} GiB, KV cache {:.2f} GiB ({} slots x {} positions), scratch "
@@ -762,10 +798,43 @@ absl::Status CudaBackend::Run(std::span<const SeqChunk> batch, std::span<const S
       auto body = [&](int attn_max_len) -> absl::Status {
         RETURN_IF_ERROR(
             gpu::LaunchEmbeddingGather(d.token_embd.w, c.n_vocab, n_embd, d_tok, n, p->x, st));
+        // Decode steps of up to kLogitRows sequences run the fused QKV and
+        // gate/up products: the same per-element sums as the separate ones
+        // (the skinny kernel's order depends only on cols), in fewer, larger
+        // launches.
+        const bool fused = product == Product::kDecode && n <= kLogitRows;
+        const int64_t qkv_stride = q_dim + 2 * kv_dim;
         for (int l = 0; l < c.n_layer; ++l) {
           const DeviceLayer& w = d.layers[l];
           uint16_t* kc = d.k_cache.get() + l * d.layer_cache_values;
           uint16_t* vc = d.v_cache.get() + l * d.layer_cache_values;
+          if (fused) {
+            float* q = p->qkv;
+            float* k = p->qkv + q_dim;
+            float* v = p->qkv + q_dim + kv_dim;
+            RETURN_IF_ERROR(gpu::LaunchRmsNorm(p->x, w.attn_norm, n, n_embd, c.rms_eps, p->h, st));
+            RETURN_IF_ERROR(MatMul(product, w.qkv, p->h, n, p->qkv, st));
+            RETURN_IF_ERROR(
+                gpu::LaunchRope(q, n, c.n_head, c.head_dim, qkv_stride, d_pos, rope, st));
+            RETURN_IF_ERROR(
+                gpu::LaunchRope(k, n, c.n_head_kv, c.head_dim, qkv_stride, d_pos, rope, st));
+            RETURN_IF_ERROR(gpu::LaunchKvAppend(k, v, n, d_slot, d_pos, c.n_head_kv, c.head_dim,
+                                                kc, vc, opts_.base.max_slots,
+                                                opts_.base.ctx_per_slot, st, qkv_stride));
+            RETURN_IF_ERROR(gpu::LaunchDecodeAttention(
+                q, static_cast<int>(n), c.n_head, d_slot, d_len, attn_max_len, c.n_head_kv,
+                c.head_dim, kc, vc, opts_.base.max_slots, opts_.base.ctx_per_slot,
+                p->attn_ws.get(), p->attn_ws.bytes(), p->att, st,
+                gpu::DecodeAttentionFixedSplitLen(opts_.base.ctx_per_slot), qkv_stride));
+            RETURN_IF_ERROR(MatMul(product, w.wo, p->att, n, p->proj, st));
+            RETURN_IF_ERROR(gpu::LaunchAdd(p->x, p->proj, n * n_embd, p->x, st));
+            RETURN_IF_ERROR(gpu::LaunchRmsNorm(p->x, w.ffn_norm, n, n_embd, c.rms_eps, p->h, st));
+            RETURN_IF_ERROR(MatMul(product, w.gate_up, p->h, n, p->gate_up, st));
+            RETURN_IF_ERROR(gpu::LaunchSwiGluRows(p->gate_up, n, c.n_ff, p->gate, st));
+            RETURN_IF_ERROR(MatMul(product, w.down, p->gate, n, p->proj, st));
+            RETURN_IF_ERROR(gpu::LaunchAdd(p->x, p->proj, n * n_embd, p->x, st));
+            continue;
+          }
           // Attention block.
           RETURN_IF_ERROR(gpu::LaunchRmsNorm(p->x, w.attn_norm, n, n_embd, c.rms_eps, p->h, st));
           RETURN_IF_ERROR(MatMul(product, w.wq, p->h, n, p->q, st));

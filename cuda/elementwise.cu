@@ -11,14 +11,31 @@ namespace {
 
 constexpr int kElementwiseBlock = 256;
 
+// silu(g) * u; expf (not __expf): full-precision exponential, as the CPU
+// reference.
+__device__ __forceinline__ float SwiGlu(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
 template <int kBlock>
 __global__ void __launch_bounds__(kBlock)
     SwiGluKernel(const float* gate, const float* up, int64_t n, float* out) {  // all (n)
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * kBlock) {
-    const float g = gate[i];
-    // expf (not __expf): full-precision exponential, as the CPU reference.
-    out[i] = g / (1.0f + expf(-g)) * up[i];
+    out[i] = SwiGlu(gate[i], up[i]);
+  }
+}
+
+template <int kBlock>
+__global__ void __launch_bounds__(kBlock)
+    SwiGluRowsKernel(const float* gate_up,  // (n_rows, 2 n): gate then up, per row
+                     int64_t n_rows, int64_t n,
+                     float* out) {  // (n_rows, n)
+  const int64_t total = n_rows * n;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * kBlock) {
+    const int64_t r = i / n;
+    const int64_t c = i - r * n;
+    const float* row = gate_up + r * 2 * n;
+    out[i] = SwiGlu(row[c], row[n + c]);
   }
 }
 
@@ -49,6 +66,21 @@ absl::Status LaunchSwiGlu(const float* gate, const float* up, int64_t n, float* 
   SwiGluKernel<kElementwiseBlock>
       <<<internal::GridStrideBlocks(n, kElementwiseBlock), kElementwiseBlock, 0, stream>>>(gate, up,
                                                                                            n, out);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
+absl::Status LaunchSwiGluRows(const float* gate_up, int64_t n_rows, int64_t n, float* out,
+                              cudaStream_t stream) {
+  if (n_rows < 0) return absl::InvalidArgumentError("LaunchSwiGluRows: negative n_rows");
+  if (absl::Status s = CheckArgs("LaunchSwiGluRows", gate_up, gate_up, n, out); !s.ok()) return s;
+  if (n == 0 || n_rows == 0) return absl::OkStatus();
+  if (gate_up == out) {
+    return absl::InvalidArgumentError("LaunchSwiGluRows: out must not alias gate_up");
+  }
+  SwiGluRowsKernel<kElementwiseBlock>
+      <<<internal::GridStrideBlocks(n_rows * n, kElementwiseBlock), kElementwiseBlock, 0,
+         stream>>>(gate_up, n_rows, n, out);
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();
 }

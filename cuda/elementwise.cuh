@@ -15,6 +15,13 @@ namespace m40llm::gpu {
 [[nodiscard]] absl::Status LaunchSwiGlu(const float* gate, const float* up, int64_t n, float* out,
                                         cudaStream_t stream);
 
+// The same for a fused gate/up product: row r of gate_up holds the n gate
+// values, then the n up values; out[r, i] = silu(gate_up[r, i]) *
+// gate_up[r, n + i]. gate_up: (n_rows, 2 n) FP32, out: (n_rows, n) FP32,
+// device; out must not alias gate_up.
+[[nodiscard]] absl::Status LaunchSwiGluRows(const float* gate_up, int64_t n_rows, int64_t n,
+                                            float* out, cudaStream_t stream);
+
 // out[i] = a[i] + b[i] for n values (residual add).
 // a, b, out: (n) FP32, device; out may equal a or b.
 [[nodiscard]] absl::Status LaunchAdd(const float* a, const float* b, int64_t n, float* out,

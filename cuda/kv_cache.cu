@@ -16,8 +16,9 @@ namespace {
 // cache holds the same bits whichever backend wrote it.
 template <int kBlock, bool kPairs>
 __global__ void __launch_bounds__(kBlock)
-    KvAppendKernel(const float* __restrict__ k,            // (n_tok, n_head_kv * head_dim)
-                   const float* __restrict__ v,            // (n_tok, n_head_kv * head_dim)
+    KvAppendKernel(const float* __restrict__ k,  // (n_tok, row_stride), heads packed in a row
+                   const float* __restrict__ v,  // (n_tok, row_stride)
+                   int64_t row_stride,
                    const int32_t* __restrict__ slots,      // (n_tok)
                    const int32_t* __restrict__ positions,  // (n_tok)
                    int n_head_kv, int head_dim,
@@ -31,8 +32,8 @@ __global__ void __launch_bounds__(kBlock)
   if (slot < 0 || slot >= max_slots || pos < 0 || pos >= ctx_per_slot) return;
 
   const int kv_dim = n_head_kv * head_dim;
-  const float* k_row = k + t * kv_dim;
-  const float* v_row = v + t * kv_dim;
+  const float* k_row = k + t * row_stride;
+  const float* v_row = v + t * row_stride;
   // Element (h, d) of the token goes to head_base + h * head_stride + d.
   const int64_t head_stride = static_cast<int64_t>(ctx_per_slot) * head_dim;
   const int64_t head_base =
@@ -71,7 +72,7 @@ bool Aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t
 absl::Status LaunchKvAppend(const float* k, const float* v, int64_t n_tok, const int32_t* slots,
                             const int32_t* positions, int n_head_kv, int head_dim,
                             uint16_t* k_cache, uint16_t* v_cache, int max_slots, int ctx_per_slot,
-                            cudaStream_t stream) {
+                            cudaStream_t stream, int64_t row_stride) {
   if (n_tok < 0) return absl::InvalidArgumentError("LaunchKvAppend: negative n_tok");
   if (n_head_kv <= 0 || head_dim <= 0 || max_slots <= 0 || ctx_per_slot <= 0) {
     return absl::InvalidArgumentError(
@@ -86,21 +87,29 @@ absl::Status LaunchKvAppend(const float* k, const float* v, int64_t n_tok, const
     return absl::InvalidArgumentError("LaunchKvAppend: cache shape exceeds int64 indexing");
   }
   if (n_tok > INT_MAX) return absl::InvalidArgumentError("LaunchKvAppend: n_tok exceeds the grid");
+  const int64_t kv_dim = static_cast<int64_t>(n_head_kv) * head_dim;
+  if (row_stride == 0) row_stride = kv_dim;
+  if (row_stride < kv_dim) {
+    return absl::InvalidArgumentError(
+        "LaunchKvAppend: row_stride must be 0 or at least n_head_kv * head_dim");
+  }
   if (n_tok == 0) return absl::OkStatus();
   if (k == nullptr || v == nullptr || slots == nullptr || positions == nullptr ||
       k_cache == nullptr || v_cache == nullptr) {
     return absl::InvalidArgumentError("LaunchKvAppend: null pointer");
   }
   constexpr int kBlock = 128;
-  const bool pairs = head_dim % 2 == 0 && Aligned(k, 8) && Aligned(v, 8) && Aligned(k_cache, 4) &&
-                     Aligned(v_cache, 4);
+  const bool pairs = head_dim % 2 == 0 && row_stride % 2 == 0 && Aligned(k, 8) && Aligned(v, 8) &&
+                     Aligned(k_cache, 4) && Aligned(v_cache, 4);
   const unsigned int grid = static_cast<unsigned int>(n_tok);
   if (pairs) {
     KvAppendKernel<kBlock, true><<<grid, kBlock, 0, stream>>>(
-        k, v, slots, positions, n_head_kv, head_dim, k_cache, v_cache, max_slots, ctx_per_slot);
+        k, v, row_stride, slots, positions, n_head_kv, head_dim, k_cache, v_cache, max_slots,
+        ctx_per_slot);
   } else {
     KvAppendKernel<kBlock, false><<<grid, kBlock, 0, stream>>>(
-        k, v, slots, positions, n_head_kv, head_dim, k_cache, v_cache, max_slots, ctx_per_slot);
+        k, v, row_stride, slots, positions, n_head_kv, head_dim, k_cache, v_cache, max_slots,
+        ctx_per_slot);
   }
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();

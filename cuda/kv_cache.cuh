@@ -25,12 +25,15 @@ namespace m40llm::gpu {
 //   per call (duplicates race).
 // k_cache, v_cache: one layer, (max_slots, n_head_kv, ctx_per_slot, head_dim)
 //   FP16 bits, device; no aliasing with k or v.
-// Any head_dim >= 1; even head_dims with 8-byte aligned k, v and 4-byte
-// aligned caches take a two-values-per-thread path.
+// row_stride: floats from one token's K (and V) row to the next; 0 means
+// n_head_kv * head_dim (packed). A larger stride reads K and V inside fused
+// QKV rows.
+// Any head_dim >= 1; even head_dims and strides with 8-byte aligned k, v and
+// 4-byte aligned caches take a two-values-per-thread path.
 [[nodiscard]] absl::Status LaunchKvAppend(const float* k, const float* v, int64_t n_tok,
                                           const int32_t* slots, const int32_t* positions,
                                           int n_head_kv, int head_dim, uint16_t* k_cache,
                                           uint16_t* v_cache, int max_slots, int ctx_per_slot,
-                                          cudaStream_t stream);
+                                          cudaStream_t stream, int64_t row_stride = 0);
 
 }  // namespace m40llm::gpu

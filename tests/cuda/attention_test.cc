@@ -334,6 +334,44 @@ TEST(DecodeAttention, RejectsBadArguments) {
                   .ok());
 }
 
+// Q read inside wider rows (a fused QKV row) gives the same bits as packed Q.
+TEST(DecodeAttention, QRowStrideMatchesPackedQ) {
+  M40_REQUIRE_CUDA_DEVICE();
+  const uint32_t seed = m40llm::testing::TestSeed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937 rng(seed);
+  const Heads h{8, 2, 64};
+  const Problem p = MakeProblem(rng, h, {300, 5, 1000}, 4, 1024);
+  M40_ASSERT_OK_AND_ASSIGN(auto want, RunGpu(p, Workspace::kFull));
+  const int64_t row = static_cast<int64_t>(h.n_head) * h.head_dim;
+  const int64_t stride = row + 2 * 2 * 64;  // room for K and V after Q
+  std::vector<float> wide(static_cast<size_t>(p.n_seq() * stride), NAN);
+  for (int s = 0; s < p.n_seq(); ++s) {
+    std::copy(p.q.begin() + s * row, p.q.begin() + (s + 1) * row, wide.begin() + s * stride);
+  }
+  M40_ASSERT_OK_AND_ASSIGN(auto d_q, ToDevice(wide));
+  M40_ASSERT_OK_AND_ASSIGN(auto d_slots, ToDevice(p.slots));
+  M40_ASSERT_OK_AND_ASSIGN(auto d_len, ToDevice(p.lengths));
+  M40_ASSERT_OK_AND_ASSIGN(auto d_k, ToDevice(p.k));
+  M40_ASSERT_OK_AND_ASSIGN(auto d_v, ToDevice(p.v));
+  M40_ASSERT_OK_AND_ASSIGN(auto d_out, PoisonedFloats(p.q.size()));
+  const size_t ws_bytes =
+      DecodeAttentionWorkspaceBytes(p.n_seq(), h.n_head, h.head_dim, p.ctx_per_slot);
+  M40_ASSERT_OK_AND_ASSIGN(auto d_ws, gpu::DeviceBuffer<uint8_t>::Allocate(ws_bytes));
+  M40_ASSERT_OK(LaunchDecodeAttention(d_q.get(), p.n_seq(), h.n_head, d_slots.get(), d_len.get(),
+                                      1000, h.n_head_kv, h.head_dim, d_k.get(), d_v.get(),
+                                      p.max_slots, p.ctx_per_slot, d_ws.get(), ws_bytes,
+                                      d_out.get(), nullptr, 0, stride));
+  M40_ASSERT_OK_AND_ASSIGN(auto got, ToHost(d_out));
+  EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0);
+  EXPECT_EQ(LaunchDecodeAttention(d_q.get(), p.n_seq(), h.n_head, d_slots.get(), d_len.get(),
+                                  1000, h.n_head_kv, h.head_dim, d_k.get(), d_v.get(),
+                                  p.max_slots, p.ctx_per_slot, d_ws.get(), ws_bytes, d_out.get(),
+                                  nullptr, 0, row - 1)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(DecodeAttention, FixedSplitsAreBatchInvariant) {
   M40_REQUIRE_CUDA_DEVICE();
   const uint32_t seed = m40llm::testing::TestSeed();

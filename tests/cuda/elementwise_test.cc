@@ -51,6 +51,35 @@ TEST(SwiGlu, MatchesCpuReference) {
   std::printf("SwiGlu worst relative L2 %.3g (tolerance %.0e)\n", worst, kSwiGluTolerance);
 }
 
+// The fused gate/up form gives the same bits as LaunchSwiGlu on the halves.
+TEST(SwiGlu, RowsOfFusedGateUpMatchSeparateHalves) {
+  M40_REQUIRE_CUDA_DEVICE();
+  const uint32_t seed = m40llm::testing::TestSeed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937 rng(seed);
+  for (const auto& [rows, n] : {std::pair<int64_t, int64_t>{1, 5632}, {7, 100}, {64, 33}}) {
+    const std::vector<float> gu = RandomFloats(rng, static_cast<size_t>(rows * 2 * n), -8, 8);
+    std::vector<float> gate, up;
+    for (int64_t r = 0; r < rows; ++r) {
+      gate.insert(gate.end(), gu.begin() + r * 2 * n, gu.begin() + r * 2 * n + n);
+      up.insert(up.end(), gu.begin() + r * 2 * n + n, gu.begin() + (r + 1) * 2 * n);
+    }
+    M40_ASSERT_OK_AND_ASSIGN(auto d_gu, ToDevice(gu));
+    M40_ASSERT_OK_AND_ASSIGN(auto d_gate, ToDevice(gate));
+    M40_ASSERT_OK_AND_ASSIGN(auto d_up, ToDevice(up));
+    M40_ASSERT_OK_AND_ASSIGN(auto fused, PoisonedFloats(static_cast<size_t>(rows * n)));
+    M40_ASSERT_OK_AND_ASSIGN(auto separate, PoisonedFloats(static_cast<size_t>(rows * n)));
+    M40_ASSERT_OK(LaunchSwiGluRows(d_gu.get(), rows, n, fused.get(), nullptr));
+    M40_ASSERT_OK(LaunchSwiGlu(d_gate.get(), d_up.get(), rows * n, separate.get(), nullptr));
+    M40_ASSERT_OK_AND_ASSIGN(auto a, ToHost(fused));
+    M40_ASSERT_OK_AND_ASSIGN(auto b, ToHost(separate));
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << rows << "x" << n;
+    EXPECT_FALSE(std::isnan(a[0]));
+  }
+  EXPECT_EQ(LaunchSwiGluRows(nullptr, 1, 1, nullptr, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(Add, IsExact) {
   M40_REQUIRE_CUDA_DEVICE();
   const uint32_t seed = m40llm::testing::TestSeed();

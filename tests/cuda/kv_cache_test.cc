@@ -73,11 +73,13 @@ std::vector<float> Rows(std::mt19937& rng, size_t n) {
 
 // Runs one append on the GPU and on the CPU and compares every cache bit.
 // `offset` floats of padding before k and v on the device (1 makes them
-// misaligned for 8-byte loads).
-void CheckAppend(std::mt19937& rng, const CacheShape& c, int n_tok, int offset) {
+// misaligned for 8-byte loads); `gap` NaN floats after each token's row
+// (rows inside fused QKV rows: row_stride = kv_dim + gap).
+void CheckAppend(std::mt19937& rng, const CacheShape& c, int n_tok, int offset, int gap = 0) {
   SCOPED_TRACE(::testing::Message() << "slots " << c.max_slots << " ctx " << c.ctx_per_slot
                                     << " n_head_kv " << c.n_head_kv << " head_dim " << c.head_dim
-                                    << " n_tok " << n_tok << " offset " << offset);
+                                    << " n_tok " << n_tok << " offset " << offset << " gap "
+                                    << gap);
   const int kv_dim = c.n_head_kv * c.head_dim;
   const std::vector<float> k = Rows(rng, static_cast<size_t>(n_tok) * kv_dim);
   const std::vector<float> v = Rows(rng, static_cast<size_t>(n_tok) * kv_dim);
@@ -104,8 +106,12 @@ void CheckAppend(std::mt19937& rng, const CacheShape& c, int n_tok, int offset) 
   }
 
   std::vector<float> k_pad(offset, 0.0f), v_pad(offset, 0.0f);
-  k_pad.insert(k_pad.end(), k.begin(), k.end());
-  v_pad.insert(v_pad.end(), v.begin(), v.end());
+  for (int t = 0; t < n_tok; ++t) {
+    k_pad.insert(k_pad.end(), k.begin() + t * kv_dim, k.begin() + (t + 1) * kv_dim);
+    v_pad.insert(v_pad.end(), v.begin() + t * kv_dim, v.begin() + (t + 1) * kv_dim);
+    k_pad.insert(k_pad.end(), gap, std::numeric_limits<float>::quiet_NaN());
+    v_pad.insert(v_pad.end(), gap, std::numeric_limits<float>::quiet_NaN());
+  }
   M40_ASSERT_OK_AND_ASSIGN(auto d_k, ToDevice(k_pad));
   M40_ASSERT_OK_AND_ASSIGN(auto d_v, ToDevice(v_pad));
   M40_ASSERT_OK_AND_ASSIGN(auto d_slots, ToDevice(slots));
@@ -114,7 +120,7 @@ void CheckAppend(std::mt19937& rng, const CacheShape& c, int n_tok, int offset) 
   M40_ASSERT_OK_AND_ASSIGN(auto d_vc, ToDevice(std::vector<uint16_t>(cache_size, kPoison)));
   M40_ASSERT_OK(LaunchKvAppend(d_k.get() + offset, d_v.get() + offset, n_tok, d_slots.get(),
                                d_pos.get(), c.n_head_kv, c.head_dim, d_kc.get(), d_vc.get(),
-                               c.max_slots, c.ctx_per_slot, nullptr));
+                               c.max_slots, c.ctx_per_slot, nullptr, gap > 0 ? kv_dim + gap : 0));
   M40_ASSERT_OK_AND_ASSIGN(auto got_k, ToHost(d_kc));
   M40_ASSERT_OK_AND_ASSIGN(auto got_v, ToHost(d_vc));
   size_t bad = 0;
@@ -146,8 +152,10 @@ TEST(KvAppend, BitExactAgainstCpu) {
   for (const CacheShape& c : shapes) {
     for (int n_tok : {1, 5, 17}) {
       for (int offset : {0, 1}) {
-        CheckAppend(rng, c, std::min(n_tok, c.max_slots * c.ctx_per_slot), offset);
-        ++cases;
+        for (int gap : {0, 3, 8}) {
+          CheckAppend(rng, c, std::min(n_tok, c.max_slots * c.ctx_per_slot), offset, gap);
+          ++cases;
+        }
       }
     }
   }
