@@ -408,7 +408,14 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const GgufFile&
   }
 
   int n_dev = 0;
-  CUDA_RETURN_IF_ERROR(cudaGetDeviceCount(&n_dev));
+  if (const cudaError_t e = cudaGetDeviceCount(&n_dev); e != cudaSuccess || n_dev == 0) {
+    static_cast<void>(cudaGetLastError());
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--backend cuda: no usable CUDA device here (",
+        e != cudaSuccess ? absl::StrCat(cudaGetErrorName(e), ": ", cudaGetErrorString(e))
+                         : std::string("cudaGetDeviceCount found none"),
+        "); use --backend cpu"));
+  }
   if (opts.device < 0 || opts.device >= n_dev) {
     return absl::InvalidArgumentError(absl::StrCat("--device ", opts.device,
                                                    " does not exist: this machine has ", n_dev,

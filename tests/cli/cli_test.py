@@ -11,6 +11,7 @@ usage: cli_test.py M40LLM_BINARY (unit|conformance)
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,12 @@ def run(binary, *args, check=True):
     if check and p.returncode != 0:
         raise AssertionError(f"{args} exited {p.returncode}: {p.stderr}")
     return p
+
+
+def has_gpu():
+    if shutil.which("nvidia-smi") is None:
+        return False
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
 
 
 def unit(binary):
@@ -99,6 +106,27 @@ def unit(binary):
         assert bad.returncode != 0 and "junk.gguf" in bad.stderr and "offset" in bad.stderr, bad.stderr
         bad = run(binary, "generate", "-m", model, "-p", "x", "--top-p", "0", check=False)
         assert bad.returncode != 0 and "top_p" in bad.stderr, bad.stderr
+        # The benchmark command: a table and JSON (tiny settings; its numbers
+        # are not checked, only that it measures every phase asked for).
+        bench_json = os.path.join(d, "bench.json")
+        bench = run(binary, "bench", "-m", model, "--backend", "cpu", "--batches", "1,2",
+                    "--steps", "2", "--context", "8", "--prefill", "16", "--reps", "1",
+                    "--json", bench_json)
+        assert "decode" in bench.stdout and "prefill 16" in bench.stdout, bench.stdout
+        bj = json.load(open(bench_json))
+        assert [r["batch"] for r in bj["decode"]] == [1, 2], bj["decode"]
+        assert all(r["ms_per_step"] > 0 and r["tok_per_s"] > 0 for r in bj["decode"]), bj
+        assert bj["prefill"]["tokens"] == 16 and bj["prefill"]["ms"] > 0, bj["prefill"]
+        assert bj["backend"] == "cpu" and bj["weight_bytes_per_step"] > 0, bj
+
+        # --backend cuda where there is no GPU (or no CUDA build): a clear
+        # error, no crash.
+        if not has_gpu():
+            nogpu = run(binary, "generate", "-m", model, "-p", "x", "-n", "2", "--backend", "cuda",
+                        check=False)
+            assert nogpu.returncode == 1, (nogpu.returncode, nogpu.stderr)
+            assert "--backend cuda" in nogpu.stderr and "--backend cpu" in nogpu.stderr or \
+                "without CUDA" in nogpu.stderr, nogpu.stderr
     print("cli unit checks passed")
     return 0
 
