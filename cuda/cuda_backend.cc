@@ -811,70 +811,69 @@ absl::Status CudaBackend::Run(std::span<const SeqChunk> batch, std::span<const S
         // launches.
         const bool fused = product == Product::kDecode && n <= kLogitRows;
         const int64_t qkv_stride = q_dim + 2 * kv_dim;
+        // Each block's output product leaves its residual in proj; the next
+        // norm adds it into x in the same kernel (LaunchAddRmsNorm).
+        bool pending = false;
+        auto norm = [&](const float* weight) -> absl::Status {
+          const absl::Status s =
+              pending ? gpu::LaunchAddRmsNorm(p->x, p->proj, weight, n, n_embd, c.rms_eps, p->h, st)
+                      : gpu::LaunchRmsNorm(p->x, weight, n, n_embd, c.rms_eps, p->h, st);
+          pending = false;
+          return s;
+        };
         for (int l = 0; l < c.n_layer; ++l) {
           const DeviceLayer& w = d.layers[l];
           uint16_t* kc = d.k_cache.get() + l * d.layer_cache_values;
           uint16_t* vc = d.v_cache.get() + l * d.layer_cache_values;
+          // Attention block.
+          RETURN_IF_ERROR(norm(w.attn_norm));
+          float *q = p->q, *k = p->k, *v = p->v;
+          int64_t q_stride = q_dim, kv_stride = kv_dim;
           if (fused) {
-            float* q = p->qkv;
-            float* k = p->qkv + q_dim;
-            float* v = p->qkv + q_dim + kv_dim;
-            RETURN_IF_ERROR(gpu::LaunchRmsNorm(p->x, w.attn_norm, n, n_embd, c.rms_eps, p->h, st));
             RETURN_IF_ERROR(MatMul(product, w.qkv, p->h, n, p->qkv, st));
-            RETURN_IF_ERROR(
-                gpu::LaunchRope(q, n, c.n_head, c.head_dim, qkv_stride, d_pos, rope, st));
-            RETURN_IF_ERROR(
-                gpu::LaunchRope(k, n, c.n_head_kv, c.head_dim, qkv_stride, d_pos, rope, st));
-            RETURN_IF_ERROR(gpu::LaunchKvAppend(k, v, n, d_slot, d_pos, c.n_head_kv, c.head_dim,
-                                                kc, vc, opts_.base.max_slots,
-                                                opts_.base.ctx_per_slot, st, qkv_stride));
+            q = p->qkv;
+            k = p->qkv + q_dim;
+            v = p->qkv + q_dim + kv_dim;
+            q_stride = kv_stride = qkv_stride;
+          } else {
+            RETURN_IF_ERROR(MatMul(product, w.wq, p->h, n, p->q, st));
+            RETURN_IF_ERROR(MatMul(product, w.wk, p->h, n, p->k, st));
+            RETURN_IF_ERROR(MatMul(product, w.wv, p->h, n, p->v, st));
+          }
+          RETURN_IF_ERROR(gpu::LaunchRope(q, n, c.n_head, c.head_dim, q_stride, d_pos, rope, st));
+          RETURN_IF_ERROR(
+              gpu::LaunchRope(k, n, c.n_head_kv, c.head_dim, kv_stride, d_pos, rope, st));
+          RETURN_IF_ERROR(gpu::LaunchKvAppend(k, v, n, d_slot, d_pos, c.n_head_kv, c.head_dim, kc,
+                                              vc, opts_.base.max_slots, opts_.base.ctx_per_slot,
+                                              st, kv_stride));
+          if (prefill_attention) {
+            RETURN_IF_ERROR(gpu::LaunchPrefillAttention(
+                q, n, c.n_head, c.n_head_kv, c.head_dim, d_chunks, d_chunks + n, d_chunks + 2 * n,
+                d_chunks + 3 * n, n_chunks, max_chunk, max_ctx, kc, vc, opts_.base.max_slots,
+                opts_.base.ctx_per_slot, p->att, st));
+          } else {
             RETURN_IF_ERROR(gpu::LaunchDecodeAttention(
                 q, static_cast<int>(n), c.n_head, d_slot, d_len, attn_max_len, c.n_head_kv,
                 c.head_dim, kc, vc, opts_.base.max_slots, opts_.base.ctx_per_slot,
                 p->attn_ws.get(), p->attn_ws.bytes(), p->att, st,
-                gpu::DecodeAttentionFixedSplitLen(opts_.base.ctx_per_slot), qkv_stride));
-            RETURN_IF_ERROR(MatMul(product, w.wo, p->att, n, p->proj, st));
-            RETURN_IF_ERROR(gpu::LaunchAdd(p->x, p->proj, n * n_embd, p->x, st));
-            RETURN_IF_ERROR(gpu::LaunchRmsNorm(p->x, w.ffn_norm, n, n_embd, c.rms_eps, p->h, st));
-            RETURN_IF_ERROR(MatMul(product, w.gate_up, p->h, n, p->gate_up, st));
-            RETURN_IF_ERROR(gpu::LaunchSwiGluRows(p->gate_up, n, c.n_ff, p->gate, st));
-            RETURN_IF_ERROR(MatMul(product, w.down, p->gate, n, p->proj, st));
-            RETURN_IF_ERROR(gpu::LaunchAdd(p->x, p->proj, n * n_embd, p->x, st));
-            continue;
-          }
-          // Attention block.
-          RETURN_IF_ERROR(gpu::LaunchRmsNorm(p->x, w.attn_norm, n, n_embd, c.rms_eps, p->h, st));
-          RETURN_IF_ERROR(MatMul(product, w.wq, p->h, n, p->q, st));
-          RETURN_IF_ERROR(MatMul(product, w.wk, p->h, n, p->k, st));
-          RETURN_IF_ERROR(MatMul(product, w.wv, p->h, n, p->v, st));
-          RETURN_IF_ERROR(gpu::LaunchRope(p->q, n, c.n_head, c.head_dim, q_dim, d_pos, rope, st));
-          RETURN_IF_ERROR(
-              gpu::LaunchRope(p->k, n, c.n_head_kv, c.head_dim, kv_dim, d_pos, rope, st));
-          RETURN_IF_ERROR(gpu::LaunchKvAppend(p->k, p->v, n, d_slot, d_pos, c.n_head_kv,
-                                              c.head_dim, kc, vc, opts_.base.max_slots,
-                                              opts_.base.ctx_per_slot, st));
-          if (prefill_attention) {
-            RETURN_IF_ERROR(gpu::LaunchPrefillAttention(
-                p->q, n, c.n_head, c.n_head_kv, c.head_dim, d_chunks, d_chunks + n,
-                d_chunks + 2 * n, d_chunks + 3 * n, n_chunks, max_chunk, max_ctx, kc, vc,
-                opts_.base.max_slots, opts_.base.ctx_per_slot, p->att, st));
-          } else {
-            RETURN_IF_ERROR(gpu::LaunchDecodeAttention(
-                p->q, static_cast<int>(n), c.n_head, d_slot, d_len, attn_max_len, c.n_head_kv,
-                c.head_dim, kc, vc, opts_.base.max_slots, opts_.base.ctx_per_slot,
-                p->attn_ws.get(), p->attn_ws.bytes(), p->att, st,
-                gpu::DecodeAttentionFixedSplitLen(opts_.base.ctx_per_slot)));
+                gpu::DecodeAttentionFixedSplitLen(opts_.base.ctx_per_slot), q_stride));
           }
           RETURN_IF_ERROR(MatMul(product, w.wo, p->att, n, p->proj, st));
-          RETURN_IF_ERROR(gpu::LaunchAdd(p->x, p->proj, n * n_embd, p->x, st));
+          pending = true;
           // Feed-forward block (SwiGLU).
-          RETURN_IF_ERROR(gpu::LaunchRmsNorm(p->x, w.ffn_norm, n, n_embd, c.rms_eps, p->h, st));
-          RETURN_IF_ERROR(MatMul(product, w.gate, p->h, n, p->gate, st));
-          RETURN_IF_ERROR(MatMul(product, w.up, p->h, n, p->up, st));
-          RETURN_IF_ERROR(gpu::LaunchSwiGlu(p->gate, p->up, n * c.n_ff, p->gate, st));
+          RETURN_IF_ERROR(norm(w.ffn_norm));
+          if (fused) {
+            RETURN_IF_ERROR(MatMul(product, w.gate_up, p->h, n, p->gate_up, st));
+            RETURN_IF_ERROR(gpu::LaunchSwiGluRows(p->gate_up, n, c.n_ff, p->gate, st));
+          } else {
+            RETURN_IF_ERROR(MatMul(product, w.gate, p->h, n, p->gate, st));
+            RETURN_IF_ERROR(MatMul(product, w.up, p->h, n, p->up, st));
+            RETURN_IF_ERROR(gpu::LaunchSwiGlu(p->gate, p->up, n * c.n_ff, p->gate, st));
+          }
           RETURN_IF_ERROR(MatMul(product, w.down, p->gate, n, p->proj, st));
-          RETURN_IF_ERROR(gpu::LaunchAdd(p->x, p->proj, n * n_embd, p->x, st));
+          pending = true;
         }
+        if (pending) RETURN_IF_ERROR(gpu::LaunchAdd(p->x, p->proj, n * n_embd, p->x, st));
         return absl::OkStatus();
       };
 

@@ -1,6 +1,7 @@
 // RMSNorm kernel and launcher (see rmsnorm.cuh).
 #include <climits>
 
+#include "absl/strings/str_cat.h"
 #include "cuda/cuda_check.h"
 #include "cuda/kernel_util.h"
 #include "cuda/rmsnorm.cuh"
@@ -10,19 +11,27 @@ namespace {
 
 // One block per row. x and out may alias: every read of the first pass
 // happens before the barrier inside BlockSum, and the second pass reads and
-// writes the same element in the same thread.
-template <int kBlock>
-__global__ void __launch_bounds__(kBlock) RmsNormKernel(const float* x,  // (n_rows, n)
+// writes the same element in the same thread. With kAdd the first pass also
+// adds the residual into x (x[i] += residual[i]); the second pass reads back
+// what the same thread wrote, so the result is bit-identical to an add
+// followed by the plain norm.
+template <int kBlock, bool kAdd>
+__global__ void __launch_bounds__(kBlock) RmsNormKernel(float* x,  // (n_rows, n)
+                                                        const float* residual,  // (n_rows, n)
                                                         const float* __restrict__ weight,  // (n)
                                                         int64_t n, float eps,
                                                         float* out) {  // (n_rows, n)
   __shared__ float scratch[kBlock / internal::kWarpSize];
   const int64_t row = blockIdx.x;
-  const float* xr = x + row * n;
+  float* xr = x + row * n;
   float* yr = out + row * n;
   float ss = 0.0f;
   for (int64_t i = threadIdx.x; i < n; i += kBlock) {
-    const float v = xr[i];
+    float v = xr[i];
+    if constexpr (kAdd) {
+      v = v + residual[row * n + i];
+      xr[i] = v;
+    }
     ss = fmaf(v, v, ss);
   }
   ss = internal::BlockSum<kBlock>(ss, scratch);
@@ -32,24 +41,41 @@ __global__ void __launch_bounds__(kBlock) RmsNormKernel(const float* x,  // (n_r
   }
 }
 
+template <bool kAdd>
+absl::Status Launch(const char* what, float* x, const float* residual, const float* weight,
+                    int64_t n_rows, int64_t n, float eps, float* out, cudaStream_t stream) {
+  if (n_rows < 0 || n < 0) return absl::InvalidArgumentError(absl::StrCat(what, ": negative size"));
+  if (n_rows == 0 || n == 0) return absl::OkStatus();
+  if (n_rows > INT_MAX) return absl::InvalidArgumentError(absl::StrCat(what, ": too many rows"));
+  if (x == nullptr || weight == nullptr || out == nullptr || (kAdd && residual == nullptr)) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": null pointer"));
+  }
+  const dim3 grid(static_cast<unsigned int>(n_rows));
+  if (n <= 1024) {
+    RmsNormKernel<128, kAdd><<<grid, 128, 0, stream>>>(x, residual, weight, n, eps, out);
+  } else {
+    RmsNormKernel<512, kAdd><<<grid, 512, 0, stream>>>(x, residual, weight, n, eps, out);
+  }
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status LaunchRmsNorm(const float* x, const float* weight, int64_t n_rows, int64_t n,
                            float eps, float* out, cudaStream_t stream) {
-  if (n_rows < 0 || n < 0) return absl::InvalidArgumentError("LaunchRmsNorm: negative size");
-  if (n_rows == 0 || n == 0) return absl::OkStatus();
-  if (n_rows > INT_MAX) return absl::InvalidArgumentError("LaunchRmsNorm: too many rows");
-  if (x == nullptr || weight == nullptr || out == nullptr) {
-    return absl::InvalidArgumentError("LaunchRmsNorm: null pointer");
+  // The plain form never writes x.
+  return Launch<false>("LaunchRmsNorm", const_cast<float*>(x), nullptr, weight, n_rows, n, eps,
+                       out, stream);
+}
+
+absl::Status LaunchAddRmsNorm(float* x, const float* residual, const float* weight,
+                              int64_t n_rows, int64_t n, float eps, float* out,
+                              cudaStream_t stream) {
+  if (out == x || out == residual) {
+    return absl::InvalidArgumentError("LaunchAddRmsNorm: out must not alias x or residual");
   }
-  const dim3 grid(static_cast<unsigned int>(n_rows));
-  if (n <= 1024) {
-    RmsNormKernel<128><<<grid, 128, 0, stream>>>(x, weight, n, eps, out);
-  } else {
-    RmsNormKernel<512><<<grid, 512, 0, stream>>>(x, weight, n, eps, out);
-  }
-  CUDA_RETURN_IF_LAUNCH_ERROR();
-  return absl::OkStatus();
+  return Launch<true>("LaunchAddRmsNorm", x, residual, weight, n_rows, n, eps, out, stream);
 }
 
 }  // namespace m40llm::gpu

@@ -16,4 +16,13 @@ namespace m40llm::gpu {
 [[nodiscard]] absl::Status LaunchRmsNorm(const float* x, const float* weight, int64_t n_rows,
                                          int64_t n, float eps, float* out, cudaStream_t stream);
 
+// The residual add fused into the norm: x[r, i] += residual[r, i], then out =
+// RMSNorm(x) as LaunchRmsNorm computes it, bit for bit the same as
+// LaunchAdd followed by LaunchRmsNorm. x: (n_rows, n) FP32, device, updated
+// in place; residual: (n_rows, n) FP32, device; out: (n_rows, n), which must
+// not alias x or residual.
+[[nodiscard]] absl::Status LaunchAddRmsNorm(float* x, const float* residual, const float* weight,
+                                            int64_t n_rows, int64_t n, float eps, float* out,
+                                            cudaStream_t stream);
+
 }  // namespace m40llm::gpu
