@@ -173,6 +173,17 @@ absl::Status Metrics::Build(const MetricsOptions& opts) {
                             .Register(r)
                             .Add({});
     backend_healthy_->Set(1);
+    queue_capacity_ = &prometheus::BuildGauge()
+                           .Name("m40llm_queue_capacity")
+                           .Help("Requests the admission queue holds (--queue-size); a full "
+                                 "queue answers RESOURCE_EXHAUSTED.")
+                           .Register(r)
+                           .Add({});
+    max_sequences_ = &prometheus::BuildGauge()
+                          .Name("m40llm_max_sequences")
+                          .Help("Decode slots: sequences that can decode at once (--max-batch).")
+                          .Register(r)
+                          .Add({});
     prometheus::BuildGauge()
         .Name("m40llm_build_info")
         .Help("Always 1; labels give the server version, compute backend and device.")
@@ -253,6 +264,11 @@ void Metrics::BackendState(const BackendMemory& m, bool healthy) {
   device_used_->Set(static_cast<double>(m.device_used));
   device_total_->Set(static_cast<double>(m.device_total));
   backend_healthy_->Set(healthy ? 1 : 0);
+}
+
+void Metrics::Capacity(int queue_size, int max_batch) {
+  queue_capacity_->Set(queue_size);
+  max_sequences_->Set(max_batch);
 }
 
 std::string Metrics::Serialize() const {

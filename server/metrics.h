@@ -91,6 +91,8 @@ class Metrics final : public SchedulerMetrics {
   void RequestRejected(const std::string& status);
   // The backend's memory and health (sampled by the server a few times a second).
   void BackendState(const BackendMemory& memory, bool healthy);
+  // The configured capacity: admission queue length and decode slots.
+  void Capacity(int queue_size, int max_batch);
 
   // The registry in Prometheus text exposition format (what /metrics serves,
   // without the listener's own exposer_* families).
@@ -129,6 +131,8 @@ class Metrics final : public SchedulerMetrics {
   prometheus::Gauge* device_used_ = nullptr;
   prometheus::Gauge* device_total_ = nullptr;
   prometheus::Gauge* backend_healthy_ = nullptr;
+  prometheus::Gauge* queue_capacity_ = nullptr;
+  prometheus::Gauge* max_sequences_ = nullptr;
 
   std::unique_ptr<prometheus::Exposer> exposer_;  // null without a listener
   std::string listen_address_;

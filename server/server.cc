@@ -187,6 +187,7 @@ absl::Status Start(const ServeOptions& o, Running* run) {
   mo.device = device;
   ASSIGN_OR_RETURN(run->metrics, Metrics::Create(mo));
   run->metrics->BackendState(backend.memory(), backend.health().ok());
+  run->metrics->Capacity(o.queue_size, o.max_batch);
 
   SchedulerOptions so;
   so.max_batch = o.max_batch;
