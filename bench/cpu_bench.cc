@@ -4,13 +4,13 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "bench/bench_json.h"
 #include "engine/cpu_backend.h"
 #include "engine/demo_model.h"
 #include "engine/gguf.h"
@@ -81,7 +81,8 @@ int Main(int argc, char** argv) {
   const int max_batch = *std::max_element(batches.begin(), batches.end());
   BackendOptions o;
   o.max_slots = max_batch;
-  o.ctx_per_slot = std::min(c.n_ctx_train, prompt + decode + 1);
+  // Decode sequences start after a 16-token prefill (below).
+  o.ctx_per_slot = std::min(c.n_ctx_train, std::max(prompt, 16 + decode) + 1);
   o.n_threads = threads;
   auto backend = CpuBackend::Create(model->get(), o);
   if (!backend.ok()) {
@@ -89,6 +90,10 @@ int Main(int argc, char** argv) {
     return 1;
   }
   CpuBackend& b = **backend;
+  auto failed = [](const absl::Status& st) {
+    std::fprintf(stderr, "error: %s\n", std::string(st.message()).c_str());
+    return 1;
+  };
   std::vector<Row> rows;
   ForwardOutput out;
 
@@ -98,7 +103,7 @@ int Main(int argc, char** argv) {
   for (int r = 0; r < reps; ++r) {
     SeqChunk chunk{0, 0, ptoks, false};
     auto t0 = Clock::now();
-    if (!b.Forward({&chunk, 1}, &out).ok()) return 1;
+    if (auto st = b.Forward({&chunk, 1}, &out); !st.ok()) return failed(st);
     best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
   }
   rows.push_back({"prefill", 1, prompt, best});
@@ -112,7 +117,7 @@ int Main(int argc, char** argv) {
     for (int r = 0; r < reps; ++r) {
       for (int s = 0; s < batch; ++s) {
         SeqChunk chunk{s, 0, std::span<const int32_t>(seqs[s]).first(start), false};
-        if (!b.Forward({&chunk, 1}, &out).ok()) return 1;
+        if (auto st = b.Forward({&chunk, 1}, &out); !st.ok()) return failed(st);
       }
       auto t0 = Clock::now();
       for (int step = 0; step < decode; ++step) {
@@ -120,7 +125,7 @@ int Main(int argc, char** argv) {
         for (int s = 0; s < batch; ++s) {
           chunks.push_back({s, start + step, {&seqs[s][start + step], 1}, false});
         }
-        if (!b.Forward(chunks, &out).ok()) return 1;
+        if (auto st = b.Forward(chunks, &out); !st.ok()) return failed(st);
       }
       best_d = std::min(best_d, std::chrono::duration<double>(Clock::now() - t0).count());
     }
@@ -153,9 +158,7 @@ int Main(int argc, char** argv) {
                             {"tokens_per_s", r.tok_per_s()},
                             {"ms_per_step", ms_step}});
   }
-  std::ofstream(json_path) << j.dump(2) << "\n";
-  std::printf("wrote %s\n", json_path.c_str());
-  return 0;
+  return bench::WriteJsonResult(json_path, j);
 }
 
 }  // namespace

@@ -9,12 +9,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "bench/bench_json.h"
 #include "cuda/attention.cuh"
 #include "cuda/attention_prefill.cuh"
 #include "engine/fp16.h"
@@ -208,9 +208,7 @@ int Main(int argc, char** argv) {
       }
     }
   }
-  std::ofstream(json_path) << j.dump(2) << "\n";
-  std::printf("wrote %s\n", json_path.c_str());
-  return 0;
+  return bench::WriteJsonResult(json_path, j);
 }
 
 }  // namespace

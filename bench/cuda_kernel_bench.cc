@@ -7,7 +7,6 @@
 // never pass/fail.
 #include <cstdint>
 #include <cstdio>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
@@ -15,6 +14,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "bench/bench_json.h"
 #include "bench/gpu_yardstick.h"
 #include "cuda/gemm.cuh"
 #include "nlohmann/json.hpp"
@@ -201,9 +201,7 @@ int Main(int argc, char** argv) {
     }
   }
 
-  std::ofstream(json_path) << j.dump(2) << "\n";
-  std::printf("wrote %s\n", json_path.c_str());
-  return 0;
+  return bench::WriteJsonResult(json_path, j);
 }
 
 }  // namespace

@@ -10,7 +10,8 @@
 //             halves (16-byte rows for the matmul kernels), norms FP32;
 //   KV cache  K and V, [layer][slot][kv_head][pos][head_dim] FP16;
 //   scratch   per pass context: activations for max_tokens_per_pass tokens,
-//             logits for kLogitRows rows, attention workspace.
+//             logits and fused QKV / gate-up products for 64 rows, the
+//             attention and sampling workspaces, staged sampling inputs.
 // There are two pass contexts, each with its own stream, so a prefill and a
 // decode step (the scheduler's two threads) run concurrently on the device.
 //

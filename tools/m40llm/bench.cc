@@ -6,13 +6,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "bench/bench_json.h"
 #include "engine/demo_model.h"
 #include "engine/gguf.h"
 #include "engine/model.h"
@@ -298,11 +298,8 @@ int RunBench(const BenchOptions& o) {
   }
 #endif
 
-  std::ofstream f(o.json);
-  f << j.dump(2) << "\n";
-  if (!f) return fail(absl::InternalError(absl::StrCat("cannot write ", o.json)));
-  std::printf("\nwrote %s\n", o.json.c_str());
-  return 0;
+  std::printf("\n");
+  return bench::WriteJsonResult(o.json, j);
 }
 
 }  // namespace m40llm
