@@ -168,6 +168,7 @@ absl::Status WriteRandomLlama(const RandomModelSpec& s, const std::string& path)
   }
   w.AddFloat32("llama.attention.layer_norm_rms_epsilon", s.rms_eps);
   WriteVocab(vocab, w);
+  if (s.extra_metadata) s.extra_metadata(w);
 
   // Matrices are declared here and generated while the file is written
   // (keyed by their index in the writer); the small norm vectors are built

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -12,6 +13,8 @@
 #include "engine/ggml_types.h"
 
 namespace m40llm {
+
+class GgufWriter;
 
 struct RandomModelSpec {
   std::string name = "m40llm-random";
@@ -34,6 +37,9 @@ struct RandomModelSpec {
   // Threads generating the weights (0: one per hardware thread). The file's
   // bytes do not depend on it.
   int threads = 0;
+  // Tests: adds metadata after the standard keys (it must not repeat one),
+  // e.g. the odd keys real-world files carry.
+  std::function<void(GgufWriter&)> extra_metadata;
 };
 
 // Writes a llama GGUF with the project's demo vocabulary and weights drawn

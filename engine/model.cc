@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
@@ -50,22 +51,6 @@ absl::StatusOr<float> OptionalFloat(const GgufFile& f, const std::string& key,
   if (f.Find(key) == nullptr) return fallback;
   ASSIGN_OR_RETURN(double v, f.GetFloat(key));
   return static_cast<float>(v);
-}
-
-// Token id keys may be stored signed or unsigned; -1 when absent.
-absl::StatusOr<int32_t> TokenId(const GgufFile& f, const char* key, int32_t n_vocab) {
-  const GgufValue* v = f.Find(key);
-  if (v == nullptr) return -1;
-  if (!v->is_integer()) {
-    return absl::InvalidArgumentError(absl::StrCat(f.path(), ": metadata key '", key,
-                                                   "' is not an integer"));
-  }
-  if (v->i < 0 || v->i >= n_vocab) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        f.path(), ": metadata key '", key, "' = ", v->i, " is outside the vocabulary of ",
-        n_vocab, " tokens"));
-  }
-  return static_cast<int32_t>(v->i);
 }
 
 }  // namespace
@@ -121,28 +106,37 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const GgufFile& f) {
   ASSIGN_OR_RETURN(c.rope_freq_base, OptionalFloat(f, Key(a, "rope.freq_base"), 10000.0f));
   ASSIGN_OR_RETURN(c.rms_eps,
                    OptionalFloat(f, Key(a, "attention.layer_norm_rms_epsilon"), 1e-5f));
-  // Linear RoPE scaling: newer files say rope.scaling.type = "linear" with
-  // rope.scaling.factor; older ones use rope.scale_linear.
-  float factor = 1.0f;
-  std::string scaling_type = "none";
+  // RoPE scaling, read as llama.cpp reads it: the type defaults to linear;
+  // the factor comes from rope.scaling.factor, else rope.scale_linear, and
+  // 0 (or absent) means none; the type "none" never scales.
+  std::string scaling_type = "linear";
   if (f.Find(Key(a, "rope.scaling.type")) != nullptr) {
     ASSIGN_OR_RETURN(scaling_type, f.GetString(Key(a, "rope.scaling.type")));
   }
-  if (scaling_type == "linear") {
-    ASSIGN_OR_RETURN(factor, OptionalFloat(f, Key(a, "rope.scaling.factor"), 1.0f));
-  } else if (scaling_type == "none") {
-    ASSIGN_OR_RETURN(factor, OptionalFloat(f, Key(a, "rope.scale_linear"), 1.0f));
-  } else if (scaling_type != "llama3") {
-    // Llama 3.1's "llama3" scaling is carried by rope_freqs.weight and needs
-    // nothing here; YaRN and the others are not implemented.
-    return absl::UnimplementedError(absl::StrCat(
-        f.path(), ": rope.scaling.type '", scaling_type,
-        "' is not supported (supported: none, linear, llama3)"));
+  float factor = 0.0f;
+  if (f.Find(Key(a, "rope.scaling.factor")) != nullptr) {
+    ASSIGN_OR_RETURN(factor, OptionalFloat(f, Key(a, "rope.scaling.factor"), 0.0f));
+  } else {
+    ASSIGN_OR_RETURN(factor, OptionalFloat(f, Key(a, "rope.scale_linear"), 0.0f));
   }
-  if (!(factor > 0.0f)) {
+  if (scaling_type == "yarn" || scaling_type == "longrope") {
+    return absl::UnimplementedError(absl::StrCat(
+        f.path(), ": rope.scaling.type '", scaling_type, "' (",
+        scaling_type == "yarn" ? "YaRN" : "LongRoPE",
+        " context extension) is not supported; supported: none, linear, llama3"));
+  }
+  if (scaling_type != "linear" && scaling_type != "none" && scaling_type != "llama3") {
+    // Llama 3.1's "llama3" scaling is carried by rope_freqs.weight and needs
+    // nothing here.
+    return absl::InvalidArgumentError(absl::StrCat(
+        f.path(), ": unknown rope.scaling.type '", scaling_type,
+        "' (known: none, linear, yarn, longrope; supported: none, linear, llama3)"));
+  }
+  if (!std::isfinite(factor) || factor < 0.0f) {
     return absl::InvalidArgumentError(
         absl::StrCat(f.path(), ": RoPE scaling factor ", factor, " must be positive"));
   }
+  if (factor == 0.0f || scaling_type == "none") factor = 1.0f;
   c.rope_freq_scale = 1.0f / factor;
   if (!(c.rope_freq_base > 0.0f) || !(c.rms_eps > 0.0f)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -163,16 +157,6 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const GgufFile& f) {
   c.tied_output = f.FindTensor("output.weight") == nullptr;
   c.has_rope_freqs = f.FindTensor("rope_freqs.weight") != nullptr;
 
-  ASSIGN_OR_RETURN(c.bos, TokenId(f, "tokenizer.ggml.bos_token_id", c.n_vocab));
-  ASSIGN_OR_RETURN(c.eos, TokenId(f, "tokenizer.ggml.eos_token_id", c.n_vocab));
-  ASSIGN_OR_RETURN(c.eot, TokenId(f, "tokenizer.ggml.eot_token_id", c.n_vocab));
-  if (f.Find("tokenizer.ggml.add_bos_token") != nullptr) {
-    ASSIGN_OR_RETURN(c.add_bos, f.GetBool("tokenizer.ggml.add_bos_token"));
-  } else {
-    // llama.cpp's default for SentencePiece vocabularies is to add BOS.
-    const GgufValue* m = f.Find("tokenizer.ggml.model");
-    c.add_bos = m != nullptr && m->type == GgufValueType::kString && m->str == "llama";
-  }
   return c;
 }
 

@@ -33,15 +33,19 @@ struct ModelConfig {
   float rms_eps = 1e-5f;
   bool tied_output = false;      // no output.weight: reuse token_embd
   bool has_rope_freqs = false;   // Llama 3 rope_freqs.weight present
-  int32_t bos = -1, eos = -1, eot = -1;
-  bool add_bos = false;
 
   int32_t q_dim() const { return n_head * head_dim; }
   int32_t kv_dim() const { return n_head_kv * head_dim; }
 };
 
 // Reads and validates the config. Errors name the missing or bad key and,
-// for an unsupported architecture, list the supported ones.
+// for an unsupported architecture, list the supported ones. Keys it does not
+// use (general.*, tokenizer.*, anything unknown) are ignored; special token
+// ids belong to the tokenizer (LoadVocab). RoPE scaling follows llama.cpp:
+// `rope.scaling.type` none (no scaling), linear (the default when the key is
+// absent: factor `rope.scaling.factor`, else the older `rope.scale_linear`,
+// else 1) or llama3 (carried by rope_freqs.weight); yarn and longrope are
+// refused as unsupported, by name.
 absl::StatusOr<ModelConfig> ReadModelConfig(const GgufFile& f);
 
 // A 2-D FP16 weight matrix: `rows` rows of `cols` contiguous values

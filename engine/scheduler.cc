@@ -85,16 +85,7 @@ class SchedulerImpl final : public Scheduler {
         history_(static_cast<size_t>(opts.max_batch) * opts.ctx_per_slot, 0),
         slot_owner_(opts.max_batch) {
     for (int i = opts.max_batch - 1; i >= 0; --i) free_slots_.push_back(i);
-    const ModelConfig& c = backend->config();
-    if (c.eos >= 0) eog_.push_back(c.eos);
-    if (c.eot >= 0 && c.eot != c.eos) eog_.push_back(c.eot);
-    if (tok_ != nullptr) {
-      for (int32_t id = 0; id < tok_->n_vocab(); ++id) {
-        if (tok_->IsEog(id) && std::find(eog_.begin(), eog_.end(), id) == eog_.end()) {
-          eog_.push_back(id);
-        }
-      }
-    }
+    if (tok_ != nullptr) eog_ = tok_->EogIds();
     DecodeLoopOptions dopts;
     dopts.max_slots = opts.max_batch;
     dopts.ctx_per_slot = opts.ctx_per_slot;

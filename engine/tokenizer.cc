@@ -8,24 +8,48 @@
 #include <cstdlib>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/gguf.h"
 #include "engine/status.h"
+#include "spdlog/spdlog.h"
 
 namespace m40llm {
 namespace {
 
 constexpr std::string_view kSpaceMarker = "\xE2\x96\x81";  // U+2581 '▁'
 
-// Token texts llama.cpp treats as end of turn / end of generation.
-constexpr std::array<std::string_view, 6> kEotTexts = {
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>",
-};
+// Token texts llama.cpp treats as end of generation whatever the file says.
 constexpr std::array<std::string_view, 7> kEogTexts = {
     "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<EOT>",
 };
+
+// Special tokens a file may leave unnamed, recognised by their text as
+// llama.cpp recognises them; each such token is also made a control token.
+struct TextDetected {
+  std::vector<std::string_view> texts;
+  int32_t Vocab::*id;
+};
+const std::array<TextDetected, 8> kTextDetected = {{
+    {{"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>",
+      "<\xEF\xBD\x9C" "end\xE2\x96\x81" "of\xE2\x96\x81" "sentence\xEF\xBD\x9C>"},  // DeepSeek
+     &Vocab::eot},
+    {{"<|eom_id|>"}, &Vocab::eom},
+    {{"<|fim_prefix|>", "<fim-prefix>", "<\xEF\xBD\x9C" "fim\xE2\x96\x81" "begin\xEF\xBD\x9C>",
+      "<PRE>"},
+     &Vocab::fim_pre},
+    {{"<|fim_suffix|>", "<fim-suffix>", "<\xEF\xBD\x9C" "fim\xE2\x96\x81" "hole\xEF\xBD\x9C>",
+      "<SUF>"},
+     &Vocab::fim_suf},
+    {{"<|fim_middle|>", "<fim-middle>", "<\xEF\xBD\x9C" "fim\xE2\x96\x81" "end\xEF\xBD\x9C>",
+      "<MID>"},
+     &Vocab::fim_mid},
+    {{"<|fim_pad|>", "<fim-pad>", "<PAD>"}, &Vocab::fim_pad},
+    {{"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>"}, &Vocab::fim_rep},
+    {{"<|file_sep|>"}, &Vocab::fim_sep},
+}};
 
 template <size_t N>
 bool OneOf(const std::array<std::string_view, N>& set, std::string_view s) {
@@ -94,16 +118,31 @@ std::string CleanSpaces(std::string t) {
   return t;
 }
 
-// Reads an optional token id key; out-of-range values are errors.
+// Reads an optional special-token id key into `*id`. A value that is no
+// token id (negative, as llama.cpp's converters write for "none", or past the
+// vocabulary) is logged and leaves `*id` at its default, as llama.cpp does; a
+// value that is not an integer at all is an error.
 absl::Status ReadId(const GgufFile& f, std::string_view key, size_t n_tokens, int32_t* id) {
-  if (f.Find(key) == nullptr) return absl::OkStatus();
-  ASSIGN_OR_RETURN(const uint64_t v, f.GetUint(key));
-  if (v >= n_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat(f.path(), ": metadata key '", Sv(key), "' = ", v,
-                                                   " is not a token id (vocabulary has ", n_tokens,
-                                                   " tokens)"));
+  const GgufValue* v = f.Find(key);
+  if (v == nullptr) return absl::OkStatus();
+  if (!v->is_integer()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(f.path(), ": metadata key '", Sv(key), "' must be an integer token id"));
   }
-  *id = static_cast<int32_t>(v);
+  // 32-bit keys are how every converter writes ids: read them as int32 so
+  // that -1 stored unsigned (4294967295) is -1, not a huge id.
+  const bool narrow = v->type == GgufValueType::kUint32 || v->type == GgufValueType::kInt32;
+  const int64_t value = narrow ? static_cast<int32_t>(static_cast<uint32_t>(v->u)) : v->i;
+  const bool is_unsigned64 = v->type == GgufValueType::kUint64;
+  if (value < 0 || static_cast<uint64_t>(value) >= n_tokens ||
+      (is_unsigned64 && v->u >= n_tokens)) {
+    spdlog::warn("{}: metadata key '{}' = {} is not a token id (vocabulary of {} tokens); "
+                 "treated as absent",
+                 f.path(), std::string(key), is_unsigned64 ? std::to_string(v->u) : std::to_string(value),
+                 n_tokens);
+    return absl::OkStatus();
+  }
+  *id = static_cast<int32_t>(value);
   return absl::OkStatus();
 }
 
@@ -191,19 +230,41 @@ absl::StatusOr<Vocab> LoadVocab(const GgufFile& f) {
     v.add_bos = info->add_bos;
     v.add_space_prefix = false;
   }
-  RETURN_IF_ERROR(ReadId(f, "tokenizer.ggml.bos_token_id", n, &v.bos));
-  RETURN_IF_ERROR(ReadId(f, "tokenizer.ggml.eos_token_id", n, &v.eos));
-  RETURN_IF_ERROR(ReadId(f, "tokenizer.ggml.eot_token_id", n, &v.eot));
-  RETURN_IF_ERROR(ReadId(f, "tokenizer.ggml.unknown_token_id", n, &v.unk));
-  RETURN_IF_ERROR(ReadId(f, "tokenizer.ggml.padding_token_id", n, &v.pad));
+  const std::pair<std::string_view, int32_t*> id_keys[] = {
+      {"tokenizer.ggml.bos_token_id", &v.bos},
+      {"tokenizer.ggml.eos_token_id", &v.eos},
+      {"tokenizer.ggml.eot_token_id", &v.eot},
+      {"tokenizer.ggml.eom_token_id", &v.eom},
+      {"tokenizer.ggml.unknown_token_id", &v.unk},
+      {"tokenizer.ggml.seperator_token_id", &v.sep},  // sic: the GGUF key is misspelt
+      {"tokenizer.ggml.padding_token_id", &v.pad},
+      {"tokenizer.ggml.cls_token_id", &v.cls},
+      {"tokenizer.ggml.mask_token_id", &v.mask},
+      {"tokenizer.ggml.fim_pre_token_id", &v.fim_pre},
+      {"tokenizer.ggml.fim_suf_token_id", &v.fim_suf},
+      {"tokenizer.ggml.fim_mid_token_id", &v.fim_mid},
+      {"tokenizer.ggml.fim_pad_token_id", &v.fim_pad},
+      {"tokenizer.ggml.fim_rep_token_id", &v.fim_rep},
+      {"tokenizer.ggml.fim_sep_token_id", &v.fim_sep},
+      // Older names of the first three FIM keys.
+      {"tokenizer.ggml.prefix_token_id", &v.fim_pre},
+      {"tokenizer.ggml.suffix_token_id", &v.fim_suf},
+      {"tokenizer.ggml.middle_token_id", &v.fim_mid},
+  };
+  for (const auto& [key, id] : id_keys) RETURN_IF_ERROR(ReadId(f, key, n, id));
   RETURN_IF_ERROR(ReadBool(f, "tokenizer.ggml.add_bos_token", &v.add_bos));
   RETURN_IF_ERROR(ReadBool(f, "tokenizer.ggml.add_eos_token", &v.add_eos));
   RETURN_IF_ERROR(ReadBool(f, "tokenizer.ggml.add_space_prefix", &v.add_space_prefix));
-  if (v.eot == -1) {
-    for (size_t i = 0; i < n; ++i) {
-      if (OneOf(kEotTexts, v.tokens[i])) {
-        v.eot = static_cast<int32_t>(i);
-        break;
+  // Tokens the file does not name, found by their text (the lowest id
+  // wins); like llama.cpp, make each a control token.
+  for (const auto& [texts, id] : kTextDetected) {
+    int32_t* field = &(v.*id);
+    if (*field != -1) continue;
+    for (size_t i = 0; i < n && *field == -1; ++i) {
+      if (std::find(texts.begin(), texts.end(), v.tokens[i]) != texts.end()) {
+        *field = static_cast<int32_t>(i);
+        if (v.token_type.empty()) v.token_type.assign(n, static_cast<int32_t>(TokenType::kNormal));
+        v.token_type[i] = static_cast<int32_t>(TokenType::kControl);
       }
     }
   }
@@ -251,7 +312,11 @@ absl::Status Tokenizer::Init() {
         absl::StrCat("vocabulary has ", v.token_type.size(), " token types for ", n, " tokens"));
   }
   const std::pair<const char*, int32_t> ids[] = {
-      {"bos", v.bos}, {"eos", v.eos}, {"eot", v.eot}, {"unk", v.unk}, {"pad", v.pad}};
+      {"bos", v.bos},         {"eos", v.eos},         {"eot", v.eot},
+      {"eom", v.eom},         {"unk", v.unk},         {"pad", v.pad},
+      {"sep", v.sep},         {"cls", v.cls},         {"mask", v.mask},
+      {"fim_pre", v.fim_pre}, {"fim_suf", v.fim_suf}, {"fim_mid", v.fim_mid},
+      {"fim_pad", v.fim_pad}, {"fim_rep", v.fim_rep}, {"fim_sep", v.fim_sep}};
   for (const auto& [name, id] : ids) {
     if (id < -1 || id >= static_cast<int32_t>(n)) {
       return absl::InvalidArgumentError(
@@ -294,7 +359,7 @@ absl::Status Tokenizer::Init() {
       v.token_type[i] = static_cast<int32_t>(TokenType::kControl);
     }
   }
-  for (int32_t id : {v.eos, v.eot}) {
+  for (int32_t id : {v.eos, v.eot, v.eom, v.fim_pad, v.fim_rep, v.fim_sep}) {
     if (id >= 0) eog_[id] = true;
   }
 
@@ -376,6 +441,14 @@ std::string Tokenizer::TokenBytes(int32_t id) const {
 }
 
 bool Tokenizer::IsEog(int32_t id) const { return id >= 0 && id < n_vocab() && eog_[id]; }
+
+std::vector<int32_t> Tokenizer::EogIds() const {
+  std::vector<int32_t> ids;
+  for (int32_t id = 0; id < n_vocab(); ++id) {
+    if (eog_[id]) ids.push_back(id);
+  }
+  return ids;
+}
 
 bool Tokenizer::IsControl(int32_t id) const {
   return id >= 0 && id < n_vocab() && TypeOf(id) == TokenType::kControl;

@@ -45,18 +45,26 @@ struct Vocab {
   std::vector<float> scores;        // by id; may be empty (then all 0)
   std::vector<int32_t> token_type;  // TokenType by id; may be empty (all normal)
   std::vector<std::string> merges;  // gpt2: "left right", by rank
-  int32_t bos = -1, eos = -1, eot = -1, unk = -1, pad = -1;
+  int32_t bos = -1, eos = -1, eot = -1, eom = -1, unk = -1, pad = -1;
+  int32_t sep = -1, cls = -1, mask = -1;
+  // Fill-in-the-middle: prefix, suffix, middle, pad, repository, file separator.
+  int32_t fim_pre = -1, fim_suf = -1, fim_mid = -1, fim_pad = -1, fim_rep = -1, fim_sep = -1;
   bool add_bos = false, add_eos = false;
   bool add_space_prefix = true;  // llama only: prepend U+2581 to the text
 };
 
 // Reads the vocabulary of `f` with llama.cpp's per-model defaults (llama:
-// BOS 1, EOS 2, UNK 0, add_bos, add_space_prefix; gpt2: no space prefix,
-// add_bos only for Llama-3-style pre-tokenizers) overridden by whatever keys
-// the file has, and an end-of-turn token found by its text ("<|eot_id|>",
-// "<|im_end|>", "<|endoftext|>", ...) when the file names none. Works for
-// vocabulary-only files. Errors name the file and the key; an unsupported
-// model or pre-tokenizer is an error that lists the supported ones.
+// BOS 1, EOS 2, UNK 0, add_bos, add_space_prefix; gpt2: BOS = EOS = 11, no
+// space prefix, add_bos only for Llama-3-style pre-tokenizers) overridden by
+// whatever keys the file has. A special-token id key whose value is no token
+// id (llama.cpp's converters write -1 for "none") is logged as a warning and
+// treated as absent, as llama.cpp does. End-of-turn, end-of-message and
+// fill-in-the-middle tokens the file does not name are found by their text
+// ("<|eot_id|>", "<|im_end|>", "<|eom_id|>", "<|fim_prefix|>", ...). Missing
+// scores and token types default to 0 and normal. Works for vocabulary-only
+// files. Errors name the file and the key (a missing token list, an id key
+// that is not an integer, arrays of the wrong length); an unsupported model
+// or pre-tokenizer is an error that lists the supported ones.
 absl::StatusOr<Vocab> LoadVocab(const GgufFile& f);
 
 // The pre-tokenizer patterns implemented for byte-level BPE.
@@ -133,9 +141,13 @@ class Tokenizer {
   const Vocab& vocab() const { return vocab_; }
   bool is_spm() const { return kind_ == Kind::kSpm; }
 
-  // End of generation: EOS, EOT, or a token whose text llama.cpp treats as
-  // end of generation ("<|eot_id|>", "<|im_end|>", "<|endoftext|>", ...).
+  // End of generation, as llama.cpp decides it: EOS, EOT, EOM, the FIM pad,
+  // repository and file-separator tokens, and any token whose text llama.cpp
+  // treats as end of generation ("<|eot_id|>", "<|im_end|>", "<|endoftext|>",
+  // "<|eom_id|>", ...).
   bool IsEog(int32_t id) const;
+  // Every id for which IsEog() holds, ascending.
+  std::vector<int32_t> EogIds() const;
   // Token type control (3); false for ids out of range.
   bool IsControl(int32_t id) const;
   // The id whose text is exactly `text` (the highest such id), or -1.

@@ -35,7 +35,7 @@ absl::StatusOr<Loaded*> Load(const std::string& dir, const std::string& stem) {
   ASSIGN_OR_RETURN(l->tok, Tokenizer::FromGguf(*l->file));
   CudaBackendOptions o;
   o.base.max_slots = 1;
-  o.base.ctx_per_slot = 256;
+  o.base.ctx_per_slot = testing::kConformanceContext;
   ASSIGN_OR_RETURN(l->backend, CudaBackend::Create(*l->file, o));
   slot = std::move(l);
   return slot.get();

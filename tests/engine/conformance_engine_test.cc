@@ -50,7 +50,7 @@ Loaded* Load(const std::string& dir, const std::string& stem) {
   l->model = std::move(*m);
   BackendOptions o;
   o.max_slots = 1;
-  o.ctx_per_slot = 256;
+  o.ctx_per_slot = testing::kConformanceContext;
   auto b = CpuBackend::Create(l->model.get(), o);
   if (!b.ok()) {
     ADD_FAILURE() << b.status();

@@ -133,9 +133,6 @@ TEST(ModelConfig, ReadsEveryField) {
   EXPECT_FLOAT_EQ(c->rope_freq_scale, 0.5f);
   EXPECT_FLOAT_EQ(c->rms_eps, 1e-6f);
   EXPECT_FALSE(c->tied_output);
-  EXPECT_EQ(c->bos, 1);
-  EXPECT_EQ(c->eos, 2);
-  EXPECT_EQ(c->eot, -1);
 }
 
 TEST(ModelConfig, TiedOutputWhenOutputWeightIsAbsent) {

@@ -628,12 +628,6 @@ TEST(LoadVocabTest, ErrorsNameFileAndKey) {
     EXPECT_THAT(s.message(), HasSubstr("tokenizer.ggml.merges"));
   }
   {
-    MiniGguf g = DemoGguf();
-    g.Uint32("tokenizer.ggml.bos_token_id", 100000);
-    const absl::Status s = load(g);
-    EXPECT_THAT(s.message(), HasSubstr("tokenizer.ggml.bos_token_id"));
-  }
-  {
     MiniGguf g = DemoGguf(/*with_scores=*/false);
     g.Floats("tokenizer.ggml.scores", {1.0f});  // one score for 512 tokens
     const absl::Status s = load(g);

@@ -340,11 +340,20 @@ int RunInfo(const std::string& model) {
   std::printf(
       "architecture: %s  name: %s\nn_vocab %d  n_embd %d  n_layer %d  n_head %d  n_head_kv %d  "
       "head_dim %d  n_ff %d\ncontext %d  rope base %g scale %g n_rot %d%s  rms_eps %g\n"
-      "output: %s  bos %d  eos %d  eot %d  add_bos %d\n",
+      "output: %s\n",
       c.arch.c_str(), c.name.c_str(), c.n_vocab, c.n_embd, c.n_layer, c.n_head, c.n_head_kv,
       c.head_dim, c.n_ff, c.n_ctx_train, c.rope_freq_base, c.rope_freq_scale, c.n_rot,
-      c.has_rope_freqs ? " (rope_freqs)" : "", c.rms_eps, c.tied_output ? "tied" : "separate",
-      c.bos, c.eos, c.eot, c.add_bos);
+      c.has_rope_freqs ? " (rope_freqs)" : "", c.rms_eps, c.tied_output ? "tied" : "separate");
+  auto vocab = LoadVocab(f);
+  if (!vocab.ok()) {
+    std::printf("tokenizer: %s\n", std::string(vocab.status().message()).c_str());
+    return 1;
+  }
+  const Vocab& v = *vocab;
+  std::printf("tokenizer: %s%s%s  %zu tokens  bos %d  eos %d  eot %d  eom %d  unk %d  pad %d  "
+              "add_bos %d  add_eos %d\n",
+              v.model.c_str(), v.pre.empty() ? "" : " pre ", v.pre.c_str(), v.tokens.size(), v.bos,
+              v.eos, v.eot, v.eom, v.unk, v.pad, v.add_bos, v.add_eos);
   return 0;
 }
 
