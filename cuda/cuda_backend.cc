@@ -29,7 +29,6 @@
 #include "cuda/rope.cuh"
 #include "cuda/sampling.cuh"
 #include "engine/status.h"
-#include "persistent/sampling_state.h"
 #include "spdlog/spdlog.h"
 
 namespace m40llm {
@@ -51,7 +50,7 @@ uint64_t MatrixBytes(int64_t rows, int64_t cols) {
 double GiB(uint64_t b) { return static_cast<double>(b) / (1ull << 30); }
 
 // Where one LM-head chunk's sampling inputs sit in the staging buffers
-// (pinned and device, same layout): SamplingState, stream, history length and
+// (pinned and device, same layout): SamplingParams, stream, history length and
 // step per row, then each row's penalty window of up to H tokens.
 struct SampleLayout {
   size_t params = 0, streams = 0, hist_len = 0, steps = 0, hist = 0, bytes = 0;
@@ -59,7 +58,7 @@ struct SampleLayout {
   explicit SampleLayout(int64_t ctx_per_slot) : H(ctx_per_slot) {
     auto align = [](size_t b) { return (b + 15) / 16 * 16; };
     params = 0;
-    streams = align(params + kLogitRows * sizeof(SamplingState));
+    streams = align(params + kLogitRows * sizeof(SamplingParams));
     hist_len = align(streams + kLogitRows * sizeof(uint64_t));
     steps = align(hist_len + kLogitRows * sizeof(int32_t));
     hist = align(steps + kLogitRows * sizeof(int32_t));
@@ -580,14 +579,14 @@ absl::Status StageSampleInputs(int ctx_per_slot, PassContext& p,
   const SampleLayout L(ctx_per_slot);
   const int m = static_cast<int>(specs.size());
   uint8_t* h = p.host_sample_in.data();
-  auto* params = reinterpret_cast<SamplingState*>(h + L.params);
+  auto* params = reinterpret_cast<SamplingParams*>(h + L.params);
   auto* streams = reinterpret_cast<uint64_t*>(h + L.streams);
   auto* hist_len = reinterpret_cast<int32_t*>(h + L.hist_len);
   auto* steps = reinterpret_cast<int32_t*>(h + L.steps);
   auto* hist = reinterpret_cast<int32_t*>(h + L.hist);
   for (int i = 0; i < m; ++i) {
     const SampleSpec& sp = specs[i];
-    params[i] = ToSamplingState(*sp.params);
+    params[i] = *sp.params;  // the request's own parameters, as they are
     streams[i] = sp.stream;
     steps[i] = static_cast<int32_t>(sp.step);
     const int64_t n = static_cast<int64_t>(sp.history.size());
@@ -609,7 +608,7 @@ absl::Status EnqueueSample(const ModelConfig& c, int ctx_per_slot, PassContext& 
   const SampleLayout L(ctx_per_slot);
   const uint8_t* d = p.sample_in.get();
   return gpu::LaunchSample(
-      p.logits, m, c.n_vocab, reinterpret_cast<const SamplingState*>(d + L.params),
+      p.logits, m, c.n_vocab, reinterpret_cast<const SamplingParams*>(d + L.params),
       reinterpret_cast<const int32_t*>(d + L.hist), L.H,
       reinterpret_cast<const int32_t*>(d + L.hist_len),
       reinterpret_cast<const uint64_t*>(d + L.streams),

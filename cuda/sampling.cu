@@ -693,7 +693,7 @@ __device__ __forceinline__ Mass MassOf(const RowView& v, uint64_t bound, float m
 // itself; otherwise W and limit (<= m) come from the caller.
 __device__ __forceinline__ int SampleSorted(const RowView& v, uint32_t m, bool given,
                                             uint64_t given_w, uint32_t given_limit,
-                                            const SamplingState& p, float u) {
+                                            const SamplingParams& p, float u) {
   const uint32_t first = threadIdx.x * kPerThread;
   uint64_t cum[kPerThread];
   uint64_t local = 0, min_p_local = 0;
@@ -747,7 +747,7 @@ __device__ __forceinline__ int SampleSorted(const RowView& v, uint32_t m, bool g
 }
 
 // Steps 3-4 for temperature > 0: the sampled token.
-__device__ __forceinline__ int Choose(const RowView& v, const SamplingState& p, float u,
+__device__ __forceinline__ int Choose(const RowView& v, const SamplingParams& p, float u,
                                       int top_token) {
   const uint32_t n = static_cast<uint32_t>(v.n);
   const uint32_t k_len = (p.top_k > 0 && static_cast<uint32_t>(p.top_k) < n) ? p.top_k : n;
@@ -813,7 +813,7 @@ __device__ __forceinline__ float RawLogprob(float x, float raw_max, double log_z
 struct SampleArgs {
   float* logits;  // (n_seq, n_vocab)
   int n_vocab;
-  const SamplingState* params;  // (n_seq)
+  const SamplingParams* params;  // (n_seq)
   const int32_t* history;       // (n_seq, hist_stride) or null
   int64_t hist_stride;
   const int32_t* hist_len;  // (n_seq) or null
@@ -829,7 +829,7 @@ __global__ void __launch_bounds__(kBlock, 1) SampleKernel(const SampleArgs a) {
   float* row = a.logits + static_cast<int64_t>(s) * n;
   int32_t* ids = reinterpret_cast<int32_t*>(a.workspace) + static_cast<int64_t>(s) * 2 * n;
   float* raw_saved = reinterpret_cast<float*>(ids + n);  // (n) raw values of penalised tokens
-  const SamplingState p = a.params[s];
+  const SamplingParams p = a.params[s];
   const int n_top = max(0, min(p.n_logprobs, min(kMaxEventLogprobs, n)));
 
   // 1. Raw pass.
@@ -961,7 +961,7 @@ size_t SampleWorkspaceBytes(int max_seqs, int n_vocab) {
   return static_cast<size_t>(max_seqs) * static_cast<size_t>(n_vocab) * 2 * sizeof(int32_t);
 }
 
-absl::Status LaunchSample(float* logits, int n_seq, int n_vocab, const SamplingState* params,
+absl::Status LaunchSample(float* logits, int n_seq, int n_vocab, const SamplingParams* params,
                           const int32_t* history, int64_t hist_stride, const int32_t* hist_len,
                           const uint64_t* streams, const int32_t* steps, void* workspace,
                           size_t workspace_bytes, DeviceSample* out, cudaStream_t stream) {

@@ -40,14 +40,14 @@ size_t SampleWorkspaceBytes(int max_seqs, int n_vocab);
 // Per sequence s: samples one token from logits row s with params[s], the
 // token history history[s * hist_stride .. + hist_len[s]) for the penalties,
 // and the draw UniformFloat(seed = params[s].seed, stream = streams ? streams[s]
-// : 0, step = steps[s], lane 0), exactly as m40llm::Sample() with the
-// SamplingParams that SamplingState maps to field by field. Tokens agree with
+// : 0, step = steps[s], lane 0), exactly as m40llm::Sample() with the same
+// SamplingParams. Tokens agree with
 // the host unless a truncation or draw level lands within rounding of a
 // cumulative-weight boundary (the weights use the device's expf).
 //
 // logits: (n_seq, n_vocab) FP32, device. Clobbered: NaN entries become -inf
 //   and the penalties are applied in place.
-// params: (n_seq) SamplingState, device; each must pass
+// params: (n_seq) SamplingParams, device; each must pass
 //   SamplingParams::Validate(n_vocab) (the kernel stays memory-safe on
 //   others, but their results are unspecified).
 // history: (n_seq, hist_stride) int32 token ids, device, or null (no
@@ -64,7 +64,7 @@ size_t SampleWorkspaceBytes(int max_seqs, int n_vocab);
 // integer sums of round(w * 2^42), so the result does not depend on thread
 // timing; the order of summation is not part of the contract.
 [[nodiscard]] absl::Status LaunchSample(float* logits, int n_seq, int n_vocab,
-                                        const SamplingState* params, const int32_t* history,
+                                        const SamplingParams* params, const int32_t* history,
                                         int64_t hist_stride, const int32_t* hist_len,
                                         const uint64_t* streams, const int32_t* steps,
                                         void* workspace, size_t workspace_bytes, DeviceSample* out,

@@ -1,9 +1,10 @@
 // Scheduler: admission queue, prefill worker, command/event rings to the
-// decode loop, and the dispatcher that turns events into streamed deltas.
+// decoder, and the dispatcher that turns events into streamed deltas.
 //
 // Threads: gRPC threads call Submit/Cancel; the prefill worker batches queued
-// prompts and admits them; the decode loop (persistent/) steps all slots; the
-// dispatcher drains events, detokenizes, applies stop strings and deadlines.
+// prompts and admits them; the decoder (persistent/) steps all slots and
+// decides when each sequence ends; the dispatcher drains events,
+// detokenizes, applies stop strings and deadlines.
 // Lock order: Request::mu before Scheduler mu_, never the reverse. Command
 // pushes come from several host threads and are serialised by cmd_mu_, so
 // the ring itself stays single-producer.
@@ -20,8 +21,6 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "engine/status.h"
-#include "persistent/cpu_decode_loop.h"
-#include "persistent/sampling_state.h"
 #include "persistent/protocol.h"
 #include "persistent/ring.h"
 #include "spdlog/spdlog.h"
@@ -75,36 +74,31 @@ std::string RequestLabel(const absl::Status& s, StreamFinish reason) {
 
 class SchedulerImpl final : public Scheduler {
  public:
-  SchedulerImpl(Backend* backend, const Tokenizer* tok, const SchedulerOptions& opts,
-                SchedulerMetrics* metrics)
+  SchedulerImpl(Backend* backend, std::unique_ptr<Decoder> decoder, const Tokenizer* tok,
+                const SchedulerOptions& opts, SchedulerMetrics* metrics)
       : backend_(backend),
+        decoder_(std::move(decoder)),
+        rings_(decoder_->rings()),
         tok_(tok),
         opts_(opts),
         metrics_(metrics),
-        rings_(AllocateRingBlock()),
-        history_(static_cast<size_t>(opts.max_batch) * opts.ctx_per_slot, 0),
         slot_owner_(opts.max_batch) {
     for (int i = opts.max_batch - 1; i >= 0; --i) free_slots_.push_back(i);
-    if (tok_ != nullptr) eog_ = tok_->EogIds();
-    DecodeLoopOptions dopts;
-    dopts.max_slots = opts.max_batch;
-    dopts.ctx_per_slot = opts.ctx_per_slot;
-    dopts.eog_ids = eog_;
-    decoder_ = std::make_unique<CpuDecodeLoop>(backend, rings_.get(), history_.data(), dopts);
   }
 
   ~SchedulerImpl() override { Shutdown(); }
 
-  void Start() {
-    decoder_->Start();
+  absl::Status Start() {
+    RETURN_IF_ERROR(decoder_->Start());
     prefill_thread_ = std::thread([this] { PrefillLoop(); });
     dispatch_thread_ = std::thread([this] { DispatchLoop(); });
+    return absl::OkStatus();
   }
 
   absl::StatusOr<uint64_t> Submit(GenerateRequest req,
                                   std::shared_ptr<StreamObserver> observer) override {
     RETURN_IF_ERROR(Validate(req));
-    if (absl::Status h = backend_->health(); !h.ok()) {
+    if (absl::Status h = Health(); !h.ok()) {
       return absl::UnavailableError(
           absl::StrCat("the compute backend failed and serves no more requests: ", h.message()));
     }
@@ -192,6 +186,12 @@ class SchedulerImpl final : public Scheduler {
   const SchedulerOptions& options() const override { return opts_; }
 
  private:
+  // The backend's health, else the decoder's.
+  absl::Status Health() const {
+    absl::Status h = backend_->health();
+    return h.ok() ? decoder_->health() : h;
+  }
+
   absl::Status Validate(const GenerateRequest& req) const {
     const int n_vocab = backend_->config().n_vocab;
     if (req.prompt.empty()) return absl::InvalidArgumentError("the prompt has no tokens");
@@ -330,23 +330,17 @@ class SchedulerImpl final : public Scheduler {
     }
   }
 
-  // Handles one sampled token (step 0 from prefill, later ones from the
-  // decoder). Returns true when the request is finished. r.mu held.
-  bool OnToken(Request& r, int32_t token, float logprob, const EventLogprob* top, int n_top) {
-    if (r.state == State::kDone) return true;
-    const bool eog = !r.req.ignore_eos && std::find(eog_.begin(), eog_.end(), token) != eog_.end();
-    const bool stop_id =
-        std::find(r.req.stop_ids.begin(), r.req.stop_ids.end(), token) != r.req.stop_ids.end();
-    if (eog || stop_id) {
-      Finalize(r, absl::OkStatus(), StreamFinish::kStop);
-      return true;
-    }
+  // Streams one token the decoder reported (its end-of-generation, stop-id,
+  // max_tokens and context decisions are made; this applies the deadline and
+  // stop strings). r.mu held.
+  void OnToken(Request& r, int32_t token, float logprob, const EventLogprob* top, int n_top) {
+    if (r.state == State::kDone) return;
     const SteadyTime now = Clock::now();
     if (r.req.deadline <= now) {
       if (r.state == State::kDecoding) PushCommand(CancelCommand(r));
       Finalize(r, absl::DeadlineExceededError("the request deadline passed"),
                StreamFinish::kCancelled);
-      return true;
+      return;
     }
     if (r.completion == 0) {
       r.first_token = now;
@@ -373,7 +367,7 @@ class SchedulerImpl final : public Scheduler {
         r.obs->OnDelta(std::move(d));
         if (r.state == State::kDecoding) PushCommand(CancelCommand(r));
         Finalize(r, absl::OkStatus(), StreamFinish::kStopSequence);
-        return true;
+        return;
       }
       const size_t keep = HeldSuffix(text, r.req.stop);
       r.held = text.substr(text.size() - keep);
@@ -381,11 +375,6 @@ class SchedulerImpl final : public Scheduler {
     }
     d.text = std::move(text);
     r.obs->OnDelta(std::move(d));
-    if (r.completion >= r.req.max_tokens) {
-      Finalize(r, absl::OkStatus(), StreamFinish::kLength);
-      return true;
-    }
-    return false;
   }
 
   void ReleaseSlot(Request& r) {
@@ -401,6 +390,7 @@ class SchedulerImpl final : public Scheduler {
   void PrefillLoop() {
     SamplerScratch scratch;
     ForwardOutput out;
+    std::vector<int32_t> history;
     for (;;) {
       std::vector<std::shared_ptr<Request>> batch;
       {
@@ -444,23 +434,19 @@ class SchedulerImpl final : public Scheduler {
           Finalize(r, absl::DeadlineExceededError("the request deadline passed"),
                    StreamFinish::kCancelled);
         } else {
+          // The first token is sampled here, from the prefill logits; the
+          // decoder reports it (or ends the sequence on it) like the others.
           const size_t n = r.req.prompt.size();
-          int32_t* hist = history_.data() + static_cast<size_t>(r.slot) * opts_.ctx_per_slot;
-          std::copy(r.req.prompt.begin(), r.req.prompt.end(), hist);
           const SampleResult s = Sample({out.logits.data() + b * n_vocab, size_t(n_vocab)},
                                         r.req.sampling, r.req.prompt, 0, 0, &scratch);
-          hist[n] = s.token;
-          std::vector<EventLogprob> top;
-          for (const TokenLogprob& t : s.top) top.push_back({t.token, t.logprob});
-          if (!OnToken(r, s.token, s.logprob, top.data(), static_cast<int>(top.size()))) {
-            Command c{};
-            c.op = CommandOp::kAdmit;
-            c.slot = r.slot;
-            c.pos = static_cast<int32_t>(n);
-            c.first_token = s.token;
-            c.seq_id = r.handle;
-            c.sampling = ToState(r.req);
-            PushCommand(c);
+          history.assign(r.req.prompt.begin(), r.req.prompt.end());
+          history.push_back(s.token);
+          const absl::Status h = decoder_->WriteHistory(r.slot, history);
+          if (!h.ok()) {
+            Finalize(r, absl::InternalError(absl::StrCat("admit failed: ", h.message())),
+                     StreamFinish::kCancelled);
+          } else {
+            PushCommand(AdmitCommand(r, static_cast<int32_t>(n), s));
             r.state = State::kDecoding;
             r.positions = static_cast<int>(n) + 1;
             continue;  // the slot now belongs to the decoder
@@ -473,13 +459,26 @@ class SchedulerImpl final : public Scheduler {
     }
   }
 
-  static SamplingState ToState(const GenerateRequest& q) {
-    SamplingState s = ToSamplingState(q.sampling);
-    s.max_tokens = q.max_tokens;
-    s.ignore_eos = q.ignore_eos ? 1 : 0;
-    s.n_stop_ids = static_cast<int32_t>(q.stop_ids.size());
-    for (int i = 0; i < s.n_stop_ids; ++i) s.stop_ids[i] = q.stop_ids[i];
-    return s;
+  // The admit for `r`, whose prompt of `n` tokens prefill wrote and whose
+  // first token it sampled as `first`. The request's parameters become the
+  // slot's SamplingState here, once.
+  static Command AdmitCommand(const Request& r, int32_t n, const SampleResult& first) {
+    Command c{};
+    c.op = CommandOp::kAdmit;
+    c.slot = r.slot;
+    c.pos = n;
+    c.first_token = first.token;
+    c.first_logprob = first.logprob;
+    c.first_n_top = static_cast<int32_t>(std::min<size_t>(first.top.size(), kMaxEventLogprobs));
+    for (int k = 0; k < c.first_n_top; ++k) c.first_top[k] = {first.top[k].token, first.top[k].logprob};
+    c.seq_id = r.handle;
+    const GenerateRequest& q = r.req;
+    c.sampling.params = q.sampling;
+    c.sampling.max_tokens = q.max_tokens;
+    c.sampling.ignore_eos = q.ignore_eos ? 1 : 0;
+    c.sampling.n_stop_ids = static_cast<int32_t>(q.stop_ids.size());
+    for (int i = 0; i < c.sampling.n_stop_ids; ++i) c.sampling.stop_ids[i] = q.stop_ids[i];
+    return c;
   }
 
   std::shared_ptr<Request> OwnerOf(int slot, uint64_t seq_id) {
@@ -496,9 +495,8 @@ class SchedulerImpl final : public Scheduler {
       r->positions = e.pos + 1;
       std::lock_guard<std::mutex> lock(r->mu);
       if (r->state == State::kDone) return;
-      // A finish found here (length, stop id, end of generation) is also
-      // seen by the decoder, which frees the slot with its own kFinished; a
-      // stop string was cancelled inside OnToken.
+      // A stop string or deadline found here was cancelled inside OnToken;
+      // the slot frees with the decoder's kFinished.
       OnToken(*r, e.token, e.logprob, e.top, e.n_top);
     } else if (e.kind == EventKind::kFinished) {
       ReleaseSlot(*r);  // the decoder has let go of it; free it before OnDone
@@ -512,8 +510,8 @@ class SchedulerImpl final : public Scheduler {
             break;
           case FinishReason::kError:
           case FinishReason::kNone: {
-            // Say why when the backend knows (a device fault).
-            const absl::Status h = backend_->health();
+            // Say why when the backend or decoder knows (a device fault).
+            const absl::Status h = Health();
             Finalize(*r,
                      absl::InternalError(h.ok() ? std::string("the decoder failed on this sequence")
                                                 : absl::StrCat("the decoder failed on this "
@@ -557,7 +555,9 @@ class SchedulerImpl final : public Scheduler {
           step = e.decode_step;
           step_tokens = 0;
         }
-        if (e.kind == EventKind::kToken) ++step_tokens;
+        // Only decode steps' tokens count towards the batch size; the first
+        // token of a sequence comes from its prefill.
+        if (e.kind == EventKind::kToken && e.step > 0) ++step_tokens;
         HandleEvent(e);
       }
       if (any) {
@@ -581,13 +581,11 @@ class SchedulerImpl final : public Scheduler {
   }
 
   Backend* backend_;
+  std::unique_ptr<Decoder> decoder_;
+  RingBlock* rings_;  // the decoder's
   const Tokenizer* tok_;
   SchedulerOptions opts_;
   SchedulerMetrics* metrics_;
-  std::vector<int32_t> eog_;
-  RingBlockPtr rings_;
-  std::vector<int32_t> history_;  // (max_batch, ctx_per_slot)
-  std::unique_ptr<CpuDecodeLoop> decoder_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;       // prefill worker: queue or slots changed
@@ -615,11 +613,12 @@ std::string StatusLabel(absl::StatusCode code) {
 }
 
 absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(Backend* backend,
+                                                             std::unique_ptr<Decoder> decoder,
                                                              const Tokenizer* tokenizer,
                                                              const SchedulerOptions& opts,
                                                              SchedulerMetrics* metrics) {
-  if (backend == nullptr || tokenizer == nullptr) {
-    return absl::InvalidArgumentError("the scheduler needs a backend and a tokenizer");
+  if (backend == nullptr || decoder == nullptr || tokenizer == nullptr) {
+    return absl::InvalidArgumentError("the scheduler needs a backend, a decoder and a tokenizer");
   }
   if (opts.max_batch < 1 || opts.max_batch > kMaxSlots) {
     return absl::InvalidArgumentError(
@@ -633,8 +632,14 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(Backend* backend,
         opts.ctx_per_slot));
   }
   if (opts.queue_size < 0) return absl::InvalidArgumentError("queue_size must be >= 0");
-  auto s = std::make_unique<SchedulerImpl>(backend, tokenizer, opts, metrics);
-  s->Start();
+  const DecoderOptions& d = decoder->options();
+  if (opts.max_batch > d.max_slots || opts.ctx_per_slot > d.ctx_per_slot) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the decoder holds ", d.max_slots, " slots of ", d.ctx_per_slot,
+        " positions; asked for ", opts.max_batch, " of ", opts.ctx_per_slot));
+  }
+  auto s = std::make_unique<SchedulerImpl>(backend, std::move(decoder), tokenizer, opts, metrics);
+  RETURN_IF_ERROR(s->Start());
   return s;
 }
 

@@ -1,8 +1,12 @@
 // The scheduler: a bounded FIFO admission queue in front of a fixed number of
-// decode slots. A prefill worker batches queued prompts, writes their KV and
-// admits them to the decoder through the command ring; a dispatcher thread
-// drains the event ring, detokenizes, detects stop strings and streams
-// results to each request's observer. Sequences join and leave at step
+// decode slots. A prefill worker batches queued prompts, writes their KV,
+// samples each one's first token and admits it to the decoder
+// (persistent/decoder.h) through the command ring; a dispatcher thread drains
+// the event ring, detokenizes, detects stop strings and streams results to
+// each request's observer. The decoder decides when a sequence ends on its
+// own (end of generation, stop ids, max_tokens, a full context); the
+// scheduler ends one early only for stop strings, deadlines, client cancels
+// and shutdown. Sequences join and leave at step
 // boundaries (continuous batching), and a request's tokens depend only on its
 // own prompt, parameters and seed, never on what else is in the batch.
 #pragma once
@@ -18,6 +22,7 @@
 #include "engine/backend.h"
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
+#include "persistent/decoder.h"
 
 namespace m40llm {
 
@@ -107,10 +112,13 @@ struct SchedulerStats {
 
 class Scheduler {
  public:
-  // `backend` must have been created with max_slots >= opts.max_batch and
-  // ctx_per_slot >= opts.ctx_per_slot; backend, tokenizer and metrics
+  // `backend` (which prefill runs on) and `decoder` (which runs `backend`
+  // too, or the same model another way) must hold max_slots >=
+  // opts.max_batch and ctx_per_slot >= opts.ctx_per_slot; the scheduler owns
+  // the decoder, starts it and shuts it down. backend, tokenizer and metrics
   // (nullable) must outlive the scheduler. Starts its threads.
   static absl::StatusOr<std::unique_ptr<Scheduler>> Create(Backend* backend,
+                                                           std::unique_ptr<Decoder> decoder,
                                                            const Tokenizer* tokenizer,
                                                            const SchedulerOptions& opts,
                                                            SchedulerMetrics* metrics);

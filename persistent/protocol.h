@@ -1,17 +1,30 @@
-// The ring protocol between the host (front end, scheduler, prefill) and the
-// decoder (the CPU decode loop now, the persistent CUDA kernel later).
+// The ring protocol between the host (front end, scheduler, prefill) and a
+// decoder (persistent/decoder.h: the host decode loop, the persistent CUDA
+// kernel).
 //
 // Two single-producer/single-consumer rings live in one host-pinned block:
 //   commands: host -> decoder  (admit a sequence, cancel a slot, shut down)
 //   events:   decoder -> host  (a sampled token, a finished sequence)
 // Records are fixed-size PODs with one layout for host and device code.
 // Must stay valid C++17: CUDA sources include it.
+//
+// The decoder alone decides that a sequence ends on its own (an end-of-
+// generation token, a stop id, max_tokens, a full context:
+// persistent/termination.h), for every generated token including the first,
+// which prefill sampled and the admit carries. Per sequence it emits, in
+// order: kToken for steps 0, 1, 2, ... (each a token the client is to see),
+// then exactly one kFinished. A token that stops the sequence (kStop) is not
+// a kToken: the kFinished carries it in `token`, `pos` and `step`. The host
+// ends sequences early (client cancel, deadline, stop string, drain) only
+// through kCancel, which the decoder answers with kFinished/kCancelled unless
+// the sequence had already finished.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
+#include "engine/sampling_params.h"
 #include "persistent/config.h"
 
 namespace m40llm {
@@ -20,13 +33,13 @@ namespace m40llm {
 enum class CommandOp : uint32_t {
   kNone = 0,
   kAdmit = 1,     // start decoding `slot` (its KV and history are already written)
-  kCancel = 2,    // stop `slot` at the next step boundary
-  kShutdown = 3,  // finish the current step and exit the loop
+  kCancel = 2,    // stop `slot` (if it still runs `seq_id`) at the next step boundary
+  kShutdown = 3,  // finish the current step, cancel every active slot and exit
 };
 
 enum class EventKind : uint32_t {
   kNone = 0,
-  kToken = 1,     // `token` sampled for `slot` at `pos`
+  kToken = 1,     // `token` sampled for `slot` at `pos`: stream it
   kFinished = 2,  // `slot` is free again; `reason` says why
 };
 
@@ -35,62 +48,62 @@ enum class FinishReason : uint32_t {
   kStop = 1,      // end-of-generation token or a stop token id
   kLength = 2,    // max_tokens reached, or the slot's context is full
   kCancelled = 3, // a cancel command (client cancel, deadline, stop string, drain)
-  kError = 4,     // the decoder failed for this slot
+  kError = 4,     // the decoder failed for this slot (or the admit was invalid)
 };
 
-// Per-sequence sampling state the decoder needs, copied into the slot on
-// admit. The field meanings are those of SamplingParams (engine/sampler.h).
+// Everything the decoder needs to know about one sequence besides its
+// tokens, copied into the slot on admit: how to sample (the request's
+// SamplingParams as they are; engine/sampler.h gives the semantics) and when
+// the sequence ends. The scheduler builds it once per request.
 struct SamplingState {
-  float temperature;
-  float top_p;
-  float min_p;
-  float repetition_penalty;
-  float presence_penalty;
-  float frequency_penalty;
-  int32_t top_k;
-  int32_t penalty_last_n;
-  uint64_t seed;
-  int32_t n_logprobs;          // 0..kMaxEventLogprobs
+  SamplingParams params;
   int32_t max_tokens;          // generated tokens allowed in total (incl. the first)
-  int32_t ignore_eos;          // 0 or 1
+  int32_t ignore_eos;          // 0 or 1: end-of-generation tokens do not stop it
   int32_t n_stop_ids;          // entries used in stop_ids
-  int32_t pad[2];
-  int32_t stop_ids[kMaxStopIds];
+  int32_t pad;
+  int32_t stop_ids[kMaxStopIds];  // tokens that stop it like an end-of-generation token
 };
 static_assert(std::is_trivially_copyable<SamplingState>::value, "SamplingState must be POD");
-static_assert(sizeof(SamplingState) == 64 + 4 * kMaxStopIds, "SamplingState layout changed");
-
-// host -> decoder. For kAdmit: the slot's KV holds positions 0..pos-1, its
-// token history holds the prompt and `first_token`, and `first_token` (the
-// token prefill sampled, generated-token index 0) is to be fed at `pos`.
-struct alignas(16) Command {
-  CommandOp op;
-  int32_t slot;
-  int32_t pos;
-  int32_t first_token;
-  uint64_t seq_id;  // the request's sequence number, echoed in events
-  uint32_t pad[2];
-  SamplingState sampling;
-};
-static_assert(std::is_trivially_copyable<Command>::value, "Command must be POD");
-static_assert(sizeof(Command) == 32 + sizeof(SamplingState), "Command layout changed");
-static_assert(sizeof(Command) % 16 == 0, "Command must keep 16-byte alignment in arrays");
+static_assert(sizeof(SamplingState) == sizeof(SamplingParams) + 16 + 4 * kMaxStopIds,
+              "SamplingState layout changed");
 
 struct EventLogprob {
   int32_t token;
   float logprob;
 };
 
+// host -> decoder. For kAdmit: the slot's KV holds positions 0..pos-1, its
+// token history holds the prompt and `first_token` (the decoder's
+// WriteHistory), and `first_token` (the token prefill sampled, generated-token
+// index 0, with its raw logprob and top-n) sits at `pos`: the decoder reports
+// it (or ends the sequence on it) and feeds it at `pos`. kCancel needs `slot`
+// and `seq_id`; kShutdown nothing.
+struct alignas(16) Command {
+  CommandOp op;
+  int32_t slot;
+  int32_t pos;
+  int32_t first_token;
+  uint64_t seq_id;        // the request's sequence number, echoed in events
+  float first_logprob;    // kAdmit: raw log-probability of first_token
+  int32_t first_n_top;    // kAdmit: entries used in first_top
+  SamplingState sampling;  // kAdmit
+  EventLogprob first_top[kMaxEventLogprobs];  // kAdmit: the first token's top-n
+};
+static_assert(std::is_trivially_copyable<Command>::value, "Command must be POD");
+static_assert(sizeof(Command) == 32 + sizeof(SamplingState) + 8 * kMaxEventLogprobs,
+              "Command layout changed");
+static_assert(sizeof(Command) % 16 == 0, "Command must keep 16-byte alignment in arrays");
+
 // decoder -> host.
 struct alignas(16) Event {
   EventKind kind;
   int32_t slot;
-  int32_t pos;         // kToken: position of the token in the sequence
-  int32_t token;       // kToken: the sampled token
+  int32_t pos;         // kToken, kFinished/kStop: position of the token in the sequence
+  int32_t token;       // kToken: the sampled token; kFinished/kStop: the stop token
   uint64_t seq_id;
   float logprob;       // kToken: raw log-probability of `token`
   FinishReason reason; // kFinished
-  int32_t step;        // kToken: generated-token index (0 = prefill's token)
+  int32_t step;        // kToken, kFinished/kStop: generated-token index (0 = prefill's)
   int32_t n_top;       // entries used in top
   uint32_t decode_step;  // the decoder's step counter (events of one step share it)
   uint32_t pad;

@@ -4,6 +4,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/cpu_backend.h"
 #include "engine/status.h"
+#include "persistent/host_decoder.h"
 #if M40LLM_HAVE_CUDA
 #include "cuda/cuda_backend.h"
 #endif
@@ -52,6 +53,23 @@ absl::StatusOr<LoadedBackend> LoadBackend(const GgufFile& file, const BackendSpe
                          static_cast<uint64_t>(bo.ctx_per_slot) * c.head_dim;
   }
   return out;
+}
+
+std::string DecoderKinds() { return "host"; }
+
+absl::StatusOr<std::unique_ptr<Decoder>> MakeDecoder(const std::string& kind, Backend* backend,
+                                                     const Tokenizer& tokenizer, int max_slots,
+                                                     int ctx_per_slot) {
+  DecoderOptions o;
+  o.max_slots = max_slots;
+  o.ctx_per_slot = ctx_per_slot;
+  o.eog_ids = tokenizer.EogIds();
+  if (kind == "host") {
+    ASSIGN_OR_RETURN(auto d, HostDecoder::Create(backend, o));
+    return std::unique_ptr<Decoder>(std::move(d));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown decoder '", kind, "': this build has ", DecoderKinds()));
 }
 
 }  // namespace m40llm

@@ -1,6 +1,7 @@
 // Builds the compute backend a command line asks for: the CPU reference
 // engine (weights in host memory) or, in a build with CUDA, the CUDA engine
-// (weights streamed to the device). Shared by `m40llm serve` and the CLI.
+// (weights streamed to the device); and the decoder that runs decode steps
+// on it (persistent/decoder.h). Shared by `m40llm serve` and the CLI.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +12,8 @@
 #include "engine/backend.h"
 #include "engine/gguf.h"
 #include "engine/model.h"
+#include "engine/tokenizer.h"
+#include "persistent/decoder.h"
 
 namespace m40llm {
 
@@ -37,5 +40,15 @@ bool CudaBackendBuilt();
 // (ResourceExhausted, with the numbers), and load errors.
 absl::StatusOr<LoadedBackend> LoadBackend(const GgufFile& file, const BackendSpec& spec,
                                           const ProgressFn& progress = nullptr);
+
+// The decoder kinds this build has ("host"), for messages.
+std::string DecoderKinds();
+
+// Builds the decoder `kind` names ("host": HostDecoder) over `backend`, with
+// `max_slots` slots of `ctx_per_slot` positions and the tokenizer's
+// end-of-generation ids. InvalidArgument names the known kinds.
+absl::StatusOr<std::unique_ptr<Decoder>> MakeDecoder(const std::string& kind, Backend* backend,
+                                                     const Tokenizer& tokenizer, int max_slots,
+                                                     int ctx_per_slot);
 
 }  // namespace m40llm

@@ -193,8 +193,12 @@ absl::Status Start(const ServeOptions& o, Running* run) {
   so.max_batch = o.max_batch;
   so.ctx_per_slot = bo.ctx_per_slot;
   so.queue_size = o.queue_size;
-  ASSIGN_OR_RETURN(run->scheduler, Scheduler::Create(run->engine.backend.get(), run->tokenizer.get(), so,
-                                                     run->metrics.get()));
+  ASSIGN_OR_RETURN(std::unique_ptr<Decoder> decoder,
+                   MakeDecoder("host", run->engine.backend.get(), *run->tokenizer, so.max_batch,
+                               so.ctx_per_slot));
+  ASSIGN_OR_RETURN(run->scheduler,
+                   Scheduler::Create(run->engine.backend.get(), std::move(decoder),
+                                     run->tokenizer.get(), so, run->metrics.get()));
   run->service = std::make_unique<InferenceService>(
       run->scheduler.get(), run->tokenizer.get(), run->metrics.get(),
       MakeModelInfo(*file, backend, run->engine.weight_bytes, *run->tokenizer));

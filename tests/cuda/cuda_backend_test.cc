@@ -19,6 +19,7 @@
 #include "engine/scheduler.h"
 #include "engine/tokenizer.h"
 #include "gtest/gtest.h"
+#include "tests/support/host_scheduler.h"
 #include "tests/support/stream_collector.h"
 #include "tests/support/test_support.h"
 
@@ -300,7 +301,7 @@ TEST(CudaBackend, SchedulerRequestsGetTheirSoloTokens) {
   so.max_batch = 4;
   so.ctx_per_slot = 128;
   so.queue_size = 16;
-  M40_ASSERT_OK_AND_ASSIGN(auto sched, Scheduler::Create(p.cuda.get(), tok.get(), so, nullptr));
+  M40_ASSERT_OK_AND_ASSIGN(auto sched, testing::MakeHostScheduler(p.cuda.get(), tok.get(), so, nullptr));
   std::vector<GenerateRequest> reqs;
   for (int i = 0; i < 10; ++i) {
     GenerateRequest r;

@@ -15,6 +15,7 @@
 #include "engine/tokenizer.h"
 #include "gtest/gtest.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/support/host_scheduler.h"
 #include "tests/support/stream_collector.h"
 #include "tests/support/test_support.h"
 
@@ -77,7 +78,7 @@ TEST(CudaFault, SchedulerFailsRequestsInFlightAndRefusesNewOnes) {
   so.max_batch = 4;
   so.ctx_per_slot = 256;
   so.queue_size = 8;
-  M40_ASSERT_OK_AND_ASSIGN(auto sched, Scheduler::Create(m.backend.get(), tok.get(), so, nullptr));
+  M40_ASSERT_OK_AND_ASSIGN(auto sched, testing::MakeHostScheduler(m.backend.get(), tok.get(), so, nullptr));
   std::vector<std::shared_ptr<Collector>> cs;
   for (int i = 0; i < 3; ++i) {
     GenerateRequest r;

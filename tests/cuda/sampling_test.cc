@@ -33,7 +33,6 @@
 #include "engine/philox.h"
 #include "engine/sampler.h"
 #include "gtest/gtest.h"
-#include "persistent/sampling_state.h"
 #include "tests/cuda/cuda_test_util.h"
 
 namespace m40llm::gpu {
@@ -127,9 +126,9 @@ std::vector<float> MakeLogits(std::mt19937& rng, int n, Dist d) {
 }
 
 
-// The defaults of SamplingParams as a SamplingState.
-SamplingState DefaultState(uint64_t seed) {
-  SamplingState s{};
+// SamplingParams with every default spelt out, and `seed`.
+SamplingParams DefaultState(uint64_t seed) {
+  SamplingParams s{};
   s.temperature = 1.0f;
   s.top_p = 1.0f;
   s.min_p = 0.0f;
@@ -148,8 +147,8 @@ T OneOf(std::mt19937& rng, std::initializer_list<T> v) {
   return *(v.begin() + rng() % v.size());
 }
 
-SamplingState RandomState(std::mt19937_64& rng64, std::mt19937& rng, int n) {
-  SamplingState s = DefaultState(rng64());
+SamplingParams RandomState(std::mt19937_64& rng64, std::mt19937& rng, int n) {
+  SamplingParams s = DefaultState(rng64());
   std::uniform_real_distribution<float> unit(0.0f, 1.0f);
   s.temperature = OneOf(rng, {0.0f, 0.3f, 1.0f, 2.0f, 0.05f + 3.0f * unit(rng)});
   s.top_k =
@@ -199,7 +198,7 @@ std::vector<int32_t> RandomHistory(std::mt19937& rng, const std::vector<float>& 
 struct Case {
   std::string what;
   std::vector<float> logits;
-  SamplingState state;
+  SamplingParams state;
   std::vector<int32_t> history;
   uint64_t stream = 0;
   int32_t step = 0;
@@ -216,7 +215,7 @@ struct Walk {
 };
 
 Walk WalkHost(const Case& c, float u) {
-  const SamplingParams p = ToSamplingParams(c.state);
+  const SamplingParams p = c.state;
   const size_t n = c.logits.size();
   std::vector<float> l(n);
   for (size_t i = 0; i < n; ++i) l[i] = std::isnan(c.logits[i]) ? -kInf : c.logits[i];
@@ -299,7 +298,7 @@ struct Stats {
 };
 
 std::string Describe(const Case& c) {
-  const SamplingState& s = c.state;
+  const SamplingParams& s = c.state;
   return absl::StrFormat(
       "%s n=%d T=%g top_k=%d top_p=%g min_p=%g rep=%g pres=%g freq=%g last_n=%d hist=%d "
       "logprobs=%d seed=%u stream=%u step=%d",
@@ -312,7 +311,7 @@ std::string Describe(const Case& c) {
 void Check(const Case& c, const DeviceSample& got, SamplerScratch* scratch, Stats* st) {
   SCOPED_TRACE(Describe(c));
   const int n = static_cast<int>(c.logits.size());
-  const SamplingParams p = ToSamplingParams(c.state);
+  const SamplingParams p = c.state;
   ASSERT_TRUE(p.Validate(n).ok()) << p.Validate(n);
   const SampleResult want =
       Sample(c.logits, p, c.history, c.stream, static_cast<uint64_t>(c.step), scratch);
@@ -381,7 +380,7 @@ void RunBatch(const std::vector<Case>& cases, bool null_streams, Stats* st) {
     any_history |= !c.history.empty();
   }
   std::vector<float> logits;
-  std::vector<SamplingState> states;
+  std::vector<SamplingParams> states;
   std::vector<int32_t> history(n_seq * stride, -7);
   std::vector<int32_t> hist_len, steps;
   std::vector<uint64_t> streams;
@@ -474,34 +473,34 @@ TEST(Sample, EachParameterAloneMatchesCpuSampler) {
   for (const int n : {1, 2, 7, 1000, 32000, 128256}) {
     for (const Dist d : kAllDists) {
       const std::vector<float> logits = MakeLogits(rng, n, d);
-      std::vector<SamplingState> states;
+      std::vector<SamplingParams> states;
       auto add = [&](auto&& set) {
-        SamplingState s = DefaultState(rng64());
+        SamplingParams s = DefaultState(rng64());
         set(s);
         states.push_back(s);
       };
-      add([](SamplingState&) {});
-      add([](SamplingState& s) { s.temperature = 0.0f; });
-      for (const float t : {0.3f, 1.0f, 2.0f}) add([&](SamplingState& s) { s.temperature = t; });
-      for (const int k : {1, 5, 40, n}) add([&](SamplingState& s) { s.top_k = k; });
-      for (const float tp : {0.1f, 0.9f}) add([&](SamplingState& s) { s.top_p = tp; });
-      add([](SamplingState& s) { s.min_p = 0.05f; });
+      add([](SamplingParams&) {});
+      add([](SamplingParams& s) { s.temperature = 0.0f; });
+      for (const float t : {0.3f, 1.0f, 2.0f}) add([&](SamplingParams& s) { s.temperature = t; });
+      for (const int k : {1, 5, 40, n}) add([&](SamplingParams& s) { s.top_k = k; });
+      for (const float tp : {0.1f, 0.9f}) add([&](SamplingParams& s) { s.top_p = tp; });
+      add([](SamplingParams& s) { s.min_p = 0.05f; });
       for (const int last_n : {0, -1, 64}) {
-        add([&](SamplingState& s) {
+        add([&](SamplingParams& s) {
           s.repetition_penalty = 1.5f;
           s.penalty_last_n = last_n;
         });
-        add([&](SamplingState& s) {
+        add([&](SamplingParams& s) {
           s.presence_penalty = 1.0f;
           s.penalty_last_n = last_n;
         });
-        add([&](SamplingState& s) {
+        add([&](SamplingParams& s) {
           s.frequency_penalty = 0.7f;
           s.penalty_last_n = last_n;
         });
       }
-      for (const int lp : {5, 20}) add([&](SamplingState& s) { s.n_logprobs = lp; });
-      add([](SamplingState& s) {  // everything at once
+      for (const int lp : {5, 20}) add([&](SamplingParams& s) { s.n_logprobs = lp; });
+      add([](SamplingParams& s) {  // everything at once
         s.temperature = 0.8f;
         s.top_k = 40;
         s.top_p = 0.9f;
@@ -512,7 +511,7 @@ TEST(Sample, EachParameterAloneMatchesCpuSampler) {
         s.n_logprobs = 5;
       });
       std::vector<Case> cases;
-      for (const SamplingState& s : states) {
+      for (const SamplingParams& s : states) {
         Case c;
         c.what = std::string("alone/") + DistName(d);
         c.logits = logits;
@@ -551,7 +550,7 @@ TEST(Sample, LargeCandidateSetsMatchCpuSampler) {
         if (variant >= 6) {  // ties: a handful of values over the whole row
           for (float& x : c.logits) x = std::round(x * 4.0f / scale) / 4.0f;
         }
-        SamplingState& s = c.state;
+        SamplingParams& s = c.state;
         s = DefaultState(rng64());
         s.temperature = OneOf(rng, {0.7f, 1.0f, 2.0f});
         switch (variant) {
@@ -601,7 +600,7 @@ TEST(Sample, LargeCandidateSetsMatchCpuSampler) {
 
 TEST(Sample, RejectsBadArguments) {
   float f = 0;
-  SamplingState s{};
+  SamplingParams s{};
   int32_t i = 0;
   DeviceSample o{};
   char ws[64];

@@ -19,6 +19,7 @@
 #include "engine/tokenizer.h"
 #include "gtest/gtest.h"
 #include "persistent/config.h"
+#include "tests/support/host_scheduler.h"
 #include "tests/support/stream_collector.h"
 #include "tests/support/test_support.h"
 
@@ -65,7 +66,7 @@ class SchedulerTest : public ::testing::Test {
     so.max_batch = max_batch;
     so.ctx_per_slot = ctx;
     so.queue_size = queue;
-    auto s = Scheduler::Create(backend_.get(), tok_.get(), so, nullptr);
+    auto s = testing::MakeHostScheduler(backend_.get(), tok_.get(), so, nullptr);
     EXPECT_TRUE(s.ok()) << s.status();
     return s.ok() ? std::move(*s) : nullptr;
   }

@@ -1,0 +1,249 @@
+// The host decoder: see host_decoder.h for the step semantics.
+#include "persistent/host_decoder.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "persistent/termination.h"
+#include "spdlog/spdlog.h"
+
+namespace m40llm {
+namespace {
+
+// Polling backoff for an idle loop: yield briefly, then sleep up to 200 us.
+class Backoff {
+ public:
+  void Reset() { n_ = 0; }
+  void Wait() {
+    if (++n_ < 64) {
+      std::this_thread::yield();
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(std::min(200, (n_ - 63) * 10)));
+  }
+
+ private:
+  int n_ = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<HostDecoder>> HostDecoder::Create(Backend* backend,
+                                                                 const DecoderOptions& opts) {
+  if (backend == nullptr) return absl::InvalidArgumentError("the host decoder needs a backend");
+  if (opts.max_slots < 1 || opts.max_slots > kMaxSlots) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("decoder slots must be in 1..", kMaxSlots, ", got ", opts.max_slots));
+  }
+  if (opts.ctx_per_slot < 2 || opts.max_slots > backend->options().max_slots ||
+      opts.ctx_per_slot > backend->options().ctx_per_slot) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the backend holds ", backend->options().max_slots, " slots of ",
+        backend->options().ctx_per_slot, " positions; the decoder asked for ", opts.max_slots,
+        " of ", opts.ctx_per_slot));
+  }
+  return std::unique_ptr<HostDecoder>(new HostDecoder(backend, opts));
+}
+
+HostDecoder::HostDecoder(Backend* backend, const DecoderOptions& opts)
+    : backend_(backend),
+      opts_(opts),
+      rings_(AllocateRingBlock()),
+      history_(static_cast<size_t>(opts.max_slots) * opts.ctx_per_slot, 0),
+      slots_(opts.max_slots) {}
+
+HostDecoder::~HostDecoder() {
+  // The scheduler shuts the decoder down before it lets go of it; a decoder
+  // dropped while running (an owner that failed half-way) stops the same way.
+  // Whoever produced commands is gone by now, so this push has no rival.
+  if (thread_.joinable()) {
+    Command shutdown{};
+    shutdown.op = CommandOp::kShutdown;
+    rings_->commands.PushWait(shutdown, std::chrono::seconds(10));
+  }
+  Join();
+}
+
+absl::Status HostDecoder::WriteHistory(int slot, std::span<const int32_t> tokens) {
+  if (slot < 0 || slot >= opts_.max_slots) {
+    return absl::InvalidArgumentError(absl::StrCat("history for slot ", slot, ": outside 0..",
+                                                   opts_.max_slots - 1));
+  }
+  if (tokens.size() > static_cast<size_t>(opts_.ctx_per_slot)) {
+    return absl::InvalidArgumentError(absl::StrCat("history of ", tokens.size(),
+                                                   " tokens exceeds the slot context of ",
+                                                   opts_.ctx_per_slot));
+  }
+  // The decoder does not touch an inactive slot's row; the kAdmit push
+  // (a release) orders these writes before the decoder's pop (an acquire).
+  std::copy(tokens.begin(), tokens.end(), History(slot));
+  return absl::OkStatus();
+}
+
+absl::Status HostDecoder::Start() {
+  std::lock_guard<std::mutex> lock(start_mu_);
+  if (started_) return absl::FailedPreconditionError("the decoder was already started");
+  started_ = true;
+  thread_ = std::thread([this] { Run(); });
+  return absl::OkStatus();
+}
+
+void HostDecoder::Join() {
+  std::lock_guard<std::mutex> lock(start_mu_);
+  if (thread_.joinable()) thread_.join();
+}
+
+void HostDecoder::Run() {
+  Backoff backoff;
+  for (;;) {
+    if (!ApplyCommands()) return;
+    const bool any =
+        std::any_of(slots_.begin(), slots_.end(), [](const Slot& s) { return s.active; });
+    if (!any) {
+      backoff.Wait();
+      continue;
+    }
+    backoff.Reset();
+    Step();
+  }
+}
+
+bool HostDecoder::ApplyCommands() {
+  Command c;
+  while (rings_->commands.TryPop(&c)) {
+    switch (c.op) {
+      case CommandOp::kAdmit:
+        Admit(c);
+        break;
+      case CommandOp::kCancel:
+        if (c.slot >= 0 && c.slot < opts_.max_slots && slots_[c.slot].active &&
+            slots_[c.slot].seq_id == c.seq_id) {
+          Finish(c.slot, FinishReason::kCancelled);
+        }
+        break;
+      case CommandOp::kShutdown:
+        for (int i = 0; i < opts_.max_slots; ++i) {
+          if (slots_[i].active) Finish(i, FinishReason::kCancelled);
+        }
+        return false;
+      case CommandOp::kNone:
+        break;
+    }
+  }
+  return true;
+}
+
+void HostDecoder::Admit(const Command& c) {
+  const int n_vocab = backend_->config().n_vocab;
+  const bool slot_ok = c.slot >= 0 && c.slot < opts_.max_slots && !slots_[c.slot].active;
+  if (!slot_ok || c.pos < 0 || c.pos >= opts_.ctx_per_slot || c.first_token < 0 ||
+      c.first_token >= n_vocab || c.sampling.max_tokens < 1 || c.first_n_top < 0 ||
+      c.first_n_top > kMaxEventLogprobs) {
+    spdlog::error("host decoder: invalid admit of sequence {} to slot {} at position {}",
+                  c.seq_id, c.slot, c.pos);
+    Event e{};
+    e.kind = EventKind::kFinished;
+    e.slot = c.slot;
+    e.seq_id = c.seq_id;
+    e.pos = c.pos;
+    e.reason = FinishReason::kError;
+    e.decode_step = decode_step_;
+    Emit(e);
+    return;
+  }
+  Slot& s = slots_[c.slot];
+  s.active = true;
+  s.seq_id = c.seq_id;
+  s.state = c.sampling;
+  History(c.slot)[c.pos] = c.first_token;
+  Deliver(c.slot, c.first_token, c.first_logprob, c.first_top, c.first_n_top, c.pos, 0);
+}
+
+void HostDecoder::Emit(const Event& e) {
+  Backoff backoff;
+  while (!rings_->events.TryPush(e)) backoff.Wait();  // backpressure, never overwrite
+}
+
+void HostDecoder::Finish(int slot, FinishReason reason) {
+  Slot& s = slots_[slot];
+  Event e{};
+  e.kind = EventKind::kFinished;
+  e.slot = slot;
+  e.pos = s.pos;
+  e.seq_id = s.seq_id;
+  e.reason = reason;
+  e.decode_step = decode_step_;
+  Emit(e);
+  s.active = false;
+}
+
+void HostDecoder::Deliver(int slot, int32_t token, float logprob, const EventLogprob* top,
+                          int n_top, int32_t pos, int32_t step) {
+  Slot& s = slots_[slot];
+  const FinishReason why =
+      FinishAfter(s.state, opts_.eog_ids.data(), static_cast<int>(opts_.eog_ids.size()), token,
+                  step, pos, opts_.ctx_per_slot);
+  Event e{};
+  e.slot = slot;
+  e.pos = pos;
+  e.token = token;
+  e.seq_id = s.seq_id;
+  e.step = step;
+  e.decode_step = decode_step_;
+  if (why == FinishReason::kStop) {
+    e.kind = EventKind::kFinished;
+    e.reason = FinishReason::kStop;
+    Emit(e);
+    s.active = false;
+    return;
+  }
+  e.kind = EventKind::kToken;
+  e.logprob = logprob;
+  e.n_top = std::clamp(n_top, 0, kMaxEventLogprobs);
+  std::copy(top, top + e.n_top, e.top);
+  Emit(e);
+  s.pos = pos;
+  if (why == FinishReason::kLength) {
+    Finish(slot, FinishReason::kLength);
+    return;
+  }
+  s.next = token;
+  s.step = step + 1;
+}
+
+void HostDecoder::Step() {
+  ++decode_step_;
+  batch_.clear();
+  specs_.clear();
+  order_.clear();
+  for (int i = 0; i < opts_.max_slots; ++i) {
+    const Slot& s = slots_[i];
+    if (!s.active) continue;
+    batch_.push_back({i, s.pos, {&s.next, 1}, false});
+    // The history holds positions 0..pos (the token fed now included).
+    specs_.push_back({&s.state.params, {History(i), static_cast<size_t>(s.pos) + 1},
+                      /*stream=*/0, static_cast<uint64_t>(s.step)});
+    order_.push_back(i);
+  }
+  const absl::Status st = backend_->ForwardSample(batch_, specs_, &samples_);
+  if (!st.ok()) {
+    spdlog::error("decode step {} failed: {}", decode_step_, std::string(st.message()));
+    for (int i : order_) Finish(i, FinishReason::kError);
+    return;
+  }
+  EventLogprob top[kMaxEventLogprobs];
+  for (size_t b = 0; b < order_.size(); ++b) {
+    const int i = order_[b];
+    const SampleResult& r = samples_[b];
+    const int32_t pos = slots_[i].pos + 1;
+    History(i)[pos] = r.token;  // pos < ctx_per_slot: FinishAfter ended the slot before
+    const int n_top = static_cast<int>(std::min<size_t>(r.top.size(), kMaxEventLogprobs));
+    for (int k = 0; k < n_top; ++k) top[k] = {r.top[k].token, r.top[k].logprob};
+    Deliver(i, r.token, r.logprob, top, n_top, pos, slots_[i].step);
+  }
+}
+
+}  // namespace m40llm
