@@ -1,4 +1,4 @@
-// The llama forward pass on the CPU, written to read like the math.
+// The llama-family forward pass on the CPU, written to read like the math.
 #include "engine/cpu_backend.h"
 
 #include <algorithm>
@@ -106,6 +106,7 @@ absl::Status CpuBackend::Forward(std::span<const SeqChunk> batch, ForwardOutput*
   rope.freq_base = c.rope_freq_base;
   rope.freq_scale = c.rope_freq_scale;
   rope.freq_factors = model_->rope_freqs.empty() ? nullptr : model_->rope_freqs.data();
+  rope.neox = c.rope_neox;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
 
   for (int l = 0; l < c.n_layer; ++l) {
@@ -118,6 +119,13 @@ absl::Status CpuBackend::Forward(std::span<const SeqChunk> batch, ForwardOutput*
     cpu::MatMul(pool_, w.wq, h.data(), T, q.data());
     cpu::MatMul(pool_, w.wk, h.data(), T, k.data());
     cpu::MatMul(pool_, w.wv, h.data(), T, v.data());
+    if (c.qkv_bias) {
+      for (int64_t t = 0; t < T; ++t) {
+        cpu::AddBias(&q[t * q_dim], w.bq.data(), q_dim);
+        cpu::AddBias(&k[t * kv_dim], w.bk.data(), kv_dim);
+        cpu::AddBias(&v[t * kv_dim], w.bv.data(), kv_dim);
+      }
+    }
     for (int64_t t = 0; t < T; ++t) {
       cpu::Rope(&q[t * q_dim], c.n_head, hd, pos_of[t], rope);
       cpu::Rope(&k[t * kv_dim], c.n_head_kv, hd, pos_of[t], rope);

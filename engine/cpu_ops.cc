@@ -113,6 +113,10 @@ void Rope(float* x, int n_heads, int head_dim, int pos, const RopeParams& p) {
   }
 }
 
+void AddBias(float* x, const float* bias, size_t n) {
+  for (size_t i = 0; i < n; ++i) x[i] += bias[i];
+}
+
 void Softmax(float* x, size_t n) {
   float mx = -INFINITY;
   for (size_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);

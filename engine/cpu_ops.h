@@ -40,6 +40,9 @@ struct RopeParams {
 };
 void Rope(float* x, int n_heads, int head_dim, int pos, const RopeParams& p);
 
+// x[i] += bias[i] for i < n.
+void AddBias(float* x, const float* bias, size_t n);
+
 // In-place softmax over n values (max-subtracted, FP32).
 void Softmax(float* x, size_t n);
 

@@ -25,7 +25,7 @@ absl::StatusOr<int32_t> RequiredInt(const GgufFile& f, const std::string& key) {
   if (f.Find(key) == nullptr) {
     return absl::NotFoundError(absl::StrCat(
         f.path(), ": missing required metadata key '", key,
-        "' (needed for architecture llama)"));
+        "'"));
   }
   ASSIGN_OR_RETURN(uint64_t v, f.GetUint(key));
   if (v == 0 || v > (1u << 30)) {
@@ -63,12 +63,16 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const GgufFile& f) {
         kSupportedArchitectures, ")"));
   }
   ASSIGN_OR_RETURN(c.arch, f.GetString("general.architecture"));
-  if (c.arch != "llama") {
+  if (c.arch != "llama" && c.arch != "qwen2") {
     return absl::UnimplementedError(absl::StrCat(
         f.path(), ": unsupported architecture '", c.arch,
         "' (supported: ", kSupportedArchitectures,
-        ", which covers Llama 1/2/3, TinyLlama, Mistral and Code Llama)"));
+        ", which cover Llama 1/2/3, TinyLlama, Mistral, Code Llama, Qwen 1.5/2/2.5 and the "
+        "DeepSeek-R1 distills of Qwen)"));
   }
+  // qwen2: llama with Q/K/V biases and NeoX RoPE (as llama.cpp builds it).
+  c.qkv_bias = c.arch == "qwen2";
+  c.rope_neox = c.arch == "qwen2";
   if (f.Find("general.name") != nullptr) {
     ASSIGN_OR_RETURN(c.name, f.GetString("general.name"));
   }
@@ -95,7 +99,7 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const GgufFile& f) {
   if (v_len != c.head_dim) {
     return absl::UnimplementedError(absl::StrCat(
         f.path(), ": attention.value_length ", v_len, " differs from key_length ",
-        c.head_dim, "; not supported for llama"));
+        c.head_dim, "; not supported"));
   }
   ASSIGN_OR_RETURN(c.n_rot, OptionalInt(f, Key(a, "rope.dimension_count"), c.head_dim));
   if (c.n_rot > c.head_dim || c.n_rot % 2 != 0 || c.head_dim % 2 != 0) {
@@ -287,6 +291,9 @@ class HostSink : public WeightSink {
       case WeightId::kRopeFreqs: m_->rope_freqs = std::move(values); break;
       case WeightId::kAttnNorm: m_->layers[layer].attn_norm = std::move(values); break;
       case WeightId::kFfnNorm: m_->layers[layer].ffn_norm = std::move(values); break;
+      case WeightId::kBq: m_->layers[layer].bq = std::move(values); break;
+      case WeightId::kBk: m_->layers[layer].bk = std::move(values); break;
+      case WeightId::kBv: m_->layers[layer].bv = std::move(values); break;
       default: return absl::InternalError("HostSink: not a vector");
     }
     return absl::OkStatus();
@@ -328,6 +335,11 @@ absl::Status StreamLlamaWeights(const GgufFile& file, const ModelConfig& c, Weig
     RETURN_IF_ERROR(ld.Matrix(p + "attn_q.weight", WeightId::kWq, l, c.q_dim(), c.n_embd));
     RETURN_IF_ERROR(ld.Matrix(p + "attn_k.weight", WeightId::kWk, l, c.kv_dim(), c.n_embd));
     RETURN_IF_ERROR(ld.Matrix(p + "attn_v.weight", WeightId::kWv, l, c.kv_dim(), c.n_embd));
+    if (c.qkv_bias) {
+      RETURN_IF_ERROR(ld.Vector(p + "attn_q.bias", WeightId::kBq, l, c.q_dim()));
+      RETURN_IF_ERROR(ld.Vector(p + "attn_k.bias", WeightId::kBk, l, c.kv_dim()));
+      RETURN_IF_ERROR(ld.Vector(p + "attn_v.bias", WeightId::kBv, l, c.kv_dim()));
+    }
     RETURN_IF_ERROR(ld.Matrix(p + "attn_output.weight", WeightId::kWo, l, c.n_embd, c.q_dim()));
     RETURN_IF_ERROR(ld.Vector(p + "ffn_norm.weight", WeightId::kFfnNorm, l, c.n_embd));
     RETURN_IF_ERROR(ld.Matrix(p + "ffn_gate.weight", WeightId::kGate, l, c.n_ff, c.n_embd));
@@ -361,7 +373,8 @@ uint64_t LlamaModel::weight_bytes() const {
   auto vec = [](const std::vector<float>& v) { return v.size() * sizeof(float); };
   uint64_t b = mat(token_embd) + mat(output) + vec(output_norm) + vec(rope_freqs);
   for (const LayerWeights& w : layers) {
-    b += vec(w.attn_norm) + vec(w.ffn_norm) + mat(w.wq) + mat(w.wk) + mat(w.wv) + mat(w.wo) +
+    b += vec(w.attn_norm) + vec(w.ffn_norm) + vec(w.bq) + vec(w.bk) + vec(w.bv) + mat(w.wq) +
+         mat(w.wk) + mat(w.wv) + mat(w.wo) +
          mat(w.w_gate) + mat(w.w_up) + mat(w.w_down);
   }
   return b;

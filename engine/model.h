@@ -1,5 +1,7 @@
-// The llama-architecture model: hyperparameters read from GGUF metadata and
-// the weights, dequantised at load into FP16 storage (norms stay FP32).
+// The llama-family model (architectures `llama` and `qwen2`): hyperparameters
+// read from GGUF metadata and the weights, dequantised at load into FP16
+// storage (norms and biases stay FP32). qwen2 is llama with Q/K/V biases and
+// NeoX-style RoPE.
 #pragma once
 
 #include <cstdint>
@@ -14,7 +16,7 @@
 namespace m40llm {
 
 // Architectures this build can run (GGUF `general.architecture`).
-inline constexpr const char* kSupportedArchitectures = "llama";
+inline constexpr const char* kSupportedArchitectures = "llama, qwen2";
 
 struct ModelConfig {
   std::string arch;
@@ -33,6 +35,8 @@ struct ModelConfig {
   float rms_eps = 1e-5f;
   bool tied_output = false;      // no output.weight: reuse token_embd
   bool has_rope_freqs = false;   // Llama 3 rope_freqs.weight present
+  bool rope_neox = false;        // NeoX RoPE: rotate (x[i], x[i + n_rot/2]), not adjacent pairs
+  bool qkv_bias = false;         // Q/K/V projections add a bias (qwen2)
 
   int32_t q_dim() const { return n_head * head_dim; }
   int32_t kv_dim() const { return n_head_kv * head_dim; }
@@ -61,6 +65,9 @@ struct LayerWeights {
   MatrixF16 wq;                  // (q_dim, n_embd)
   MatrixF16 wk;                  // (kv_dim, n_embd)
   MatrixF16 wv;                  // (kv_dim, n_embd)
+  std::vector<float> bq;         // (q_dim) or empty: no biases
+  std::vector<float> bk;         // (kv_dim) or empty
+  std::vector<float> bv;         // (kv_dim) or empty
   MatrixF16 wo;                  // (n_embd, q_dim)
   std::vector<float> ffn_norm;   // (n_embd)
   MatrixF16 w_gate;              // (n_ff, n_embd)
@@ -90,6 +97,9 @@ enum class WeightId : int {
   kGate,           // (n_ff, n_embd)
   kUp,             // (n_ff, n_embd)
   kDown,           // (n_embd, n_ff)
+  kBq,             // (q_dim) vector, per layer; only with qkv_bias
+  kBk,             // (kv_dim) vector
+  kBv,             // (kv_dim) vector
 };
 
 // Receives the weights one tensor at a time as they are dequantised, so that
@@ -110,7 +120,7 @@ class WeightSink {
 
 // Reads, checks and dequantises every weight of `file` (whose config is `c`)
 // into `sink`, in file-independent order: token_embd, then per layer
-// attn_norm, wq, wk, wv, wo, ffn_norm, gate, up, down, then output_norm,
+// attn_norm, wq, wk, wv, (with qkv_bias: bq, bk, bv), wo, ffn_norm, gate, up, down, then output_norm,
 // output (unless tied), rope_freqs (if present). `progress` (optional) is
 // called after each tensor; `clamped` (optional) receives the number of
 // values clamped into the FP16 range.

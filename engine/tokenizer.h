@@ -77,6 +77,8 @@ enum class BpePreTokenizer {
   // Llama 3: (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
   //  ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
   kLlama3,
+  // Qwen 2: the Llama 3 pattern with \p{N} in place of \p{N}{1,3}.
+  kQwen2,
 };
 
 // What llama.cpp attaches to a tokenizer.ggml.pre value.

@@ -29,6 +29,9 @@ constexpr BpePreTokenizerInfo kInfoGpt2{BpePreTokenizer::kGpt2, false, false, tr
 constexpr BpePreTokenizerInfo kInfoLlama3{BpePreTokenizer::kLlama3, true, true, true};
 // Vocabularies that share Llama 3's pattern but not its other settings.
 constexpr BpePreTokenizerInfo kInfoLlama3Pattern{BpePreTokenizer::kLlama3, false, false, true};
+// Qwen 1.5 / 2 / 2.5 and the DeepSeek-R1 distills of them: no BOS, no space
+// clean-up.
+constexpr BpePreTokenizerInfo kInfoQwen2{BpePreTokenizer::kQwen2, false, false, false};
 
 // The names llama.cpp maps to these patterns (and nothing model-specific).
 constexpr PreEntry kPreTokenizers[] = {
@@ -36,6 +39,7 @@ constexpr PreEntry kPreTokenizers[] = {
     {"roberta-bpe", kInfoGpt2}, {"mpt", kInfoGpt2},           {"olmo", kInfoGpt2},
     {"llama3", kInfoLlama3},    {"llama-v3", kInfoLlama3},    {"llama-bpe", kInfoLlama3},
     {"falcon3", kInfoLlama3},   {"dbrx", kInfoLlama3Pattern}, {"smaug-bpe", kInfoLlama3Pattern},
+    {"qwen2", kInfoQwen2},      {"deepseek-r1-qwen", kInfoQwen2}, {"megrez", kInfoQwen2},
 };
 
 // ---------------------------------------------------------------------------
@@ -192,7 +196,8 @@ Segments SplitGpt2(const CodepointText& t, const Segments& segs) {
 
 // Llama 3: (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
 //  ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
-Segments SplitLlama3(const CodepointText& t, const Segments& segs) {
+// Qwen 2 is the same pattern with \p{N} (one digit a word): max_digits 1.
+Segments SplitLlama3(const CodepointText& t, const Segments& segs, size_t max_digits) {
   Segments out;
   out.reserve(segs.size());
   size_t start = 0;
@@ -214,11 +219,11 @@ Segments SplitLlama3(const CodepointText& t, const Segments& segs) {
         sink.EndAt(pos);
         continue;
       }
-      // \p{N}{1,3}
+      // \p{N}{1,max_digits}
       if (here & kNumber) {
         size_t group = pos;
         while (v.Props(pos) & kNumber) {
-          if (++pos - group >= 3) {
+          if (++pos - group >= max_digits) {
             sink.EndAt(pos);
             group = pos;
           }
@@ -362,7 +367,10 @@ std::vector<std::string> BpePreTokenize(std::string_view text, BpePreTokenizer k
       segs = SplitGpt2(t, segs);
       break;
     case BpePreTokenizer::kLlama3:
-      segs = SplitLlama3(t, segs);
+      segs = SplitLlama3(t, segs, 3);
+      break;
+    case BpePreTokenizer::kQwen2:
+      segs = SplitLlama3(t, segs, 1);
       break;
   }
   std::vector<std::string> words;

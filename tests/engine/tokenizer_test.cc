@@ -612,12 +612,12 @@ TEST(LoadVocabTest, ErrorsNameFileAndKey) {
   {
     MiniGguf g;
     g.String("tokenizer.ggml.model", "gpt2");
-    g.String("tokenizer.ggml.pre", "qwen2");
+    g.String("tokenizer.ggml.pre", "chatglm-bpe");
     g.Strings("tokenizer.ggml.tokens", {"a", "b"});
     g.Strings("tokenizer.ggml.merges", {"a b"});
     const absl::Status s = load(g);
     EXPECT_THAT(s.message(), HasSubstr("bad.gguf"));
-    EXPECT_THAT(s.message(), HasSubstr("qwen2"));
+    EXPECT_THAT(s.message(), HasSubstr("chatglm-bpe"));
     EXPECT_THAT(s.message(), HasSubstr("llama-bpe"));
   }
   {

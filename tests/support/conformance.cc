@@ -20,6 +20,8 @@ const std::vector<ConformanceCase>& ConformanceCases() {
       {"tiny-llama-q6_k", 3e-2, 0.5},     {"tiny-llama-tied-q8_0", 3e-2, 0.5},
       // A real trained model: F32 in the file, FP16 in our storage.
       {"stories260k", 2e-3, 0.05},
+      // qwen2: Q/K/V biases, NeoX RoPE, tied output, the qwen2 pre-tokenizer.
+      {"tiny-qwen2-f16", 2e-3, 0.05},
   };
   return cases;
 }
