@@ -149,24 +149,29 @@ absl::Status WriteRandomLlama(const RandomModelSpec& s, const std::string& path)
   const Vocab vocab = MakeDemoVocab(s.n_vocab);
   const int n_vocab = static_cast<int>(vocab.tokens.size());
   GgufWriter w;
-  w.AddString("general.architecture", "llama");
+  if (s.arch != "llama" && s.arch != "qwen2") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown architecture '", s.arch, "' (known: llama, qwen2)"));
+  }
+  const std::string& a = s.arch;
+  w.AddString("general.architecture", a);
   w.AddString("general.name", s.name);
   w.AddString("general.description",
               "random weights from m40llm mkmodel: generated text is gibberish");
   w.AddUint32("general.file_type", 1);
-  w.AddUint32("llama.context_length", s.n_ctx);
-  w.AddUint32("llama.embedding_length", s.n_embd);
-  w.AddUint32("llama.block_count", s.n_layer);
-  w.AddUint32("llama.feed_forward_length", s.n_ff);
-  w.AddUint32("llama.attention.head_count", s.n_head);
-  w.AddUint32("llama.attention.head_count_kv", s.n_head_kv);
-  w.AddUint32("llama.rope.dimension_count", head_dim);
-  w.AddFloat32("llama.rope.freq_base", s.rope_freq_base);
+  w.AddUint32(a + ".context_length", s.n_ctx);
+  w.AddUint32(a + ".embedding_length", s.n_embd);
+  w.AddUint32(a + ".block_count", s.n_layer);
+  w.AddUint32(a + ".feed_forward_length", s.n_ff);
+  w.AddUint32(a + ".attention.head_count", s.n_head);
+  w.AddUint32(a + ".attention.head_count_kv", s.n_head_kv);
+  w.AddUint32(a + ".rope.dimension_count", head_dim);
+  w.AddFloat32(a + ".rope.freq_base", s.rope_freq_base);
   if (s.rope_scale_linear != 1.0f) {
-    w.AddString("llama.rope.scaling.type", "linear");
-    w.AddFloat32("llama.rope.scaling.factor", s.rope_scale_linear);
+    w.AddString(a + ".rope.scaling.type", "linear");
+    w.AddFloat32(a + ".rope.scaling.factor", s.rope_scale_linear);
   }
-  w.AddFloat32("llama.attention.layer_norm_rms_epsilon", s.rms_eps);
+  w.AddFloat32(a + ".attention.layer_norm_rms_epsilon", s.rms_eps);
   WriteVocab(vocab, w);
   if (s.extra_metadata) s.extra_metadata(w);
 
@@ -182,13 +187,15 @@ absl::Status WriteRandomLlama(const RandomModelSpec& s, const std::string& path)
     matrices.emplace(w.tensor_count(), m);
     return w.AddTensorInfo(name, type, {m.cols, m.rows});
   };
-  auto norm = [&](const std::string& name, int n) -> absl::Status {
+  // Norm weights around 1 (bias 1, spread 0.1); biases around 0.
+  auto vector = [&](const std::string& name, int n, float center, float spread) -> absl::Status {
     const uint64_t id = ++tensor_id;
     std::vector<float> v(n);
-    for (int i = 0; i < n; ++i) v[i] = 1.0f + 0.1f * Uniform(s.seed, id, i);
+    for (int i = 0; i < n; ++i) v[i] = center + spread * Uniform(s.seed, id, i);
     ASSIGN_OR_RETURN(std::string bytes, QuantizeFromF32(GgmlType::kF32, v.data(), v.size()));
     return w.AddTensor(name, GgmlType::kF32, {static_cast<uint64_t>(n)}, std::move(bytes));
   };
+  auto norm = [&](const std::string& name, int n) { return vector(name, n, 1.0f, 0.1f); };
 
   const int q_dim = s.n_embd, kv_dim = head_dim * s.n_head_kv;
   // Embedding entries get unit variance (gain sqrt(cols) cancels the 1/cols).
@@ -207,6 +214,11 @@ absl::Status WriteRandomLlama(const RandomModelSpec& s, const std::string& path)
     RETURN_IF_ERROR(matrix(p + "attn_q.weight", q_dim, s.n_embd, s.weight_type, 1.0f));
     RETURN_IF_ERROR(matrix(p + "attn_k.weight", kv_dim, s.n_embd, s.weight_type, 1.0f));
     RETURN_IF_ERROR(matrix(p + "attn_v.weight", kv_dim, s.n_embd, s.weight_type, 1.0f));
+    if (a == "qwen2") {
+      RETURN_IF_ERROR(vector(p + "attn_q.bias", q_dim, 0.0f, 0.5f));
+      RETURN_IF_ERROR(vector(p + "attn_k.bias", kv_dim, 0.0f, 0.5f));
+      RETURN_IF_ERROR(vector(p + "attn_v.bias", kv_dim, 0.0f, 0.5f));
+    }
     RETURN_IF_ERROR(matrix(p + "attn_output.weight", s.n_embd, q_dim, s.weight_type, 0.5f));
     RETURN_IF_ERROR(norm(p + "ffn_norm.weight", s.n_embd));
     RETURN_IF_ERROR(matrix(p + "ffn_gate.weight", s.n_ff, s.n_embd, s.weight_type, 1.0f));

@@ -18,6 +18,8 @@ class GgufWriter;
 
 struct RandomModelSpec {
   std::string name = "m40llm-random";
+  // "llama", or "qwen2": Q/K/V biases (random, around 0) and NeoX RoPE.
+  std::string arch = "llama";
   int n_embd = 256;
   int n_layer = 4;
   int n_head = 8;

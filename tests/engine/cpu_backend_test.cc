@@ -41,16 +41,26 @@ std::vector<double> Norm(const std::vector<double>& x, const std::vector<float>&
   return y;
 }
 
-// Rotates adjacent pairs as complex numbers: (a + ib) * e^{i theta}.
+// Rotates pairs as complex numbers, (a + ib) * e^{i theta}: adjacent pairs
+// (v[2i], v[2i+1]), or with NeoX RoPE (v[i], v[i + n_rot/2]).
 void RotateHead(double* v, const ModelConfig& c, const std::vector<float>& ff, int pos) {
-  for (int i = 0; i < c.n_rot / 2; ++i) {
+  const int half = c.n_rot / 2;
+  for (int i = 0; i < half; ++i) {
     const double inv_freq = 1.0 / std::pow(c.rope_freq_base, static_cast<double>(2 * i) / c.n_rot);
     double theta = pos * inv_freq * c.rope_freq_scale;
     if (!ff.empty()) theta /= ff[i];
-    const double a = v[2 * i], b = v[2 * i + 1];
-    v[2 * i] = a * std::cos(theta) - b * std::sin(theta);
-    v[2 * i + 1] = a * std::sin(theta) + b * std::cos(theta);
+    double& a = v[c.rope_neox ? i : 2 * i];
+    double& b = v[c.rope_neox ? i + half : 2 * i + 1];
+    const double a0 = a, b0 = b;
+    a = a0 * std::cos(theta) - b0 * std::sin(theta);
+    b = a0 * std::sin(theta) + b0 * std::cos(theta);
   }
+}
+
+// y + bias (bias empty: y).
+std::vector<double> Biased(std::vector<double> y, const std::vector<float>& bias) {
+  for (size_t i = 0; i < bias.size(); ++i) y[i] += bias[i];
+  return y;
 }
 
 double RoundF16(double v) { return HalfToFloat(FloatToHalf(static_cast<float>(v))); }
@@ -71,9 +81,9 @@ std::vector<std::vector<double>> NaiveForward(const LlamaModel& m, const std::ve
     std::vector<std::vector<double>> q(T), k(T), v(T);
     for (int t = 0; t < T; ++t) {
       const auto h = Norm(x[t], w.attn_norm, c.rms_eps);
-      q[t] = MatVec(w.wq, h);
-      k[t] = MatVec(w.wk, h);
-      v[t] = MatVec(w.wv, h);
+      q[t] = Biased(MatVec(w.wq, h), w.bq);
+      k[t] = Biased(MatVec(w.wk, h), w.bk);
+      v[t] = Biased(MatVec(w.wv, h), w.bv);
       for (int hh = 0; hh < c.n_head; ++hh) RotateHead(&q[t][hh * hd], c, m.rope_freqs, t);
       for (int g = 0; g < c.n_head_kv; ++g) RotateHead(&k[t][g * hd], c, m.rope_freqs, t);
       for (double& e : k[t]) e = RoundF16(e);
@@ -205,6 +215,19 @@ TEST(CpuBackend, MatchesNaiveWithRopeScalingFreqFactorsAndTiedOutput) {
   s.rope_freqs = true;
   s.tied_output = true;
   s.rope_freq_base = 500000.0f;
+  ExpectMatchesNaive(s, kNaiveTol);
+}
+
+TEST(CpuBackend, MatchesNaiveQwen2WithBiasesNeoxRopeAndTiedOutput) {
+  RandomModelSpec s = SmallSpec();
+  s.arch = "qwen2";
+  s.tied_output = true;
+  s.rope_freq_base = 1000000.0f;
+  TestModel tm = MakeModel(s);
+  ASSERT_NE(tm.model, nullptr);
+  ASSERT_TRUE(tm.model->config().qkv_bias);
+  ASSERT_TRUE(tm.model->config().rope_neox);
+  ASSERT_EQ(tm.model->layers[0].bq.size(), static_cast<size_t>(tm.model->config().q_dim()));
   ExpectMatchesNaive(s, kNaiveTol);
 }
 

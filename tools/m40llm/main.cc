@@ -444,6 +444,8 @@ int Main(int argc, char** argv) {
       ->capture_default_str();
   k->add_flag("--rope-freqs", mk.spec.rope_freqs, "write Llama 3 style rope_freqs.weight");
   k->add_flag("--tied", mk.spec.tied_output, "no output.weight (tied to the embedding)");
+  k->add_option("--arch", mk.spec.arch, "llama, or qwen2 (Q/K/V biases, NeoX RoPE)")
+      ->check(CLI::IsMember({"llama", "qwen2"}));
   k->add_option("--seed", mk.spec.seed)->capture_default_str();
   mk.name_flag = k->add_option("--name", mk.spec.name)->capture_default_str();
   k->add_option("-t,--threads", mk.spec.threads,
