@@ -2,6 +2,8 @@
 #include "engine/chat_template.h"
 
 #include <array>
+#include <fstream>
+#include <sstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -202,6 +204,21 @@ absl::StatusOr<ChatFamily> DetectChatFamily(std::string_view tmpl) {
   return absl::FailedPreconditionError(absl::StrCat(
       "unrecognised chat template (first line: \"", Sv(first_line), "\"); name a family (",
       ChatFamilyNames(), ") or use Generate with a formatted prompt, which still works"));
+}
+
+absl::StatusOr<ChatFamily> ChatFamilyFromArg(const std::string& arg) {
+  if (auto named = ChatFamilyByName(arg)) return *named;
+  std::ifstream in(arg, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat("chat template '", arg,
+                                            "' is neither a family name (", ChatFamilyNames(),
+                                            ") nor a readable file"));
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  auto f = DetectChatFamily(text.str());
+  if (!f.ok()) return absl::Status(f.status().code(), absl::StrCat(arg, ": ", f.status().message()));
+  return f;
 }
 
 std::string FormatChat(ChatFamily f, const std::vector<ChatMessage>& chat, bool add_ass,

@@ -66,6 +66,11 @@ std::optional<ChatFamily> ChatFamilyByName(std::string_view name);
 // does not format (named in the message).
 absl::StatusOr<ChatFamily> DetectChatFamily(std::string_view tmpl);
 
+// A --chat-template style argument: a family name, or the path of a file
+// holding a template's text (recognised as DetectChatFamily does). NotFound
+// when it is neither a name nor a readable file.
+absl::StatusOr<ChatFamily> ChatFamilyFromArg(const std::string& name_or_path);
+
 // The prompt text for `messages` in family `f`; with add_generation_prompt
 // the opening of the assistant's turn follows. The llama2 and mistral
 // families have no such opening (a user turn ends with [/INST]) and ignore

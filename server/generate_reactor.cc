@@ -46,10 +46,11 @@ double Seconds(std::chrono::steady_clock::duration d) {
 
 }  // namespace
 
-GenerateReactor::GenerateReactor(Scheduler* scheduler, Metrics* metrics, std::string request_id,
-                                 std::string peer, SteadyTime deadline)
+GenerateReactor::GenerateReactor(Scheduler* scheduler, Metrics* metrics, const char* method,
+                                 std::string request_id, std::string peer, SteadyTime deadline)
     : scheduler_(scheduler),
       metrics_(metrics),
+      method_(method),
       request_id_(std::move(request_id)),
       peer_(std::move(peer)),
       deadline_(deadline) {
@@ -181,15 +182,15 @@ void GenerateReactor::OnDone() {
     const std::string code = absl::StatusCodeToString(final_status_.code());
     if (final_status_.ok()) {
       spdlog::info(
-          "Generate id={} peer={} status={} finish={} prompt_tokens={} completion_tokens={} "
+          "{} id={} peer={} status={} finish={} prompt_tokens={} completion_tokens={} "
           "queue={:.3f}s ttft={:.3f}s duration={:.3f}s",
-          request_id_, peer_, code, FinishName(info_.reason), info_.prompt_tokens,
+          method_, request_id_, peer_, code, FinishName(info_.reason), info_.prompt_tokens,
           info_.completion_tokens, info_.queue_seconds, info_.ttft_seconds, duration);
     } else {
       spdlog::info(
-          "Generate id={} peer={} status={} prompt_tokens={} completion_tokens={} ttft={:.3f}s "
+          "{} id={} peer={} status={} prompt_tokens={} completion_tokens={} ttft={:.3f}s "
           "duration={:.3f}s{} error=\"{}\"",
-          request_id_, peer_, code, rejected_ ? prompt_tokens_ : info_.prompt_tokens,
+          method_, request_id_, peer_, code, rejected_ ? prompt_tokens_ : info_.prompt_tokens,
           info_.completion_tokens, info_.ttft_seconds, duration, rejected_ ? " rejected" : "",
           std::string(final_status_.message()));
     }

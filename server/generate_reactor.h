@@ -37,11 +37,12 @@ class Metrics;
 
 class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  // `scheduler` and `metrics` (nullable) must outlive the call. `request_id`
-  // names the call in logs and responses, `peer` is the client's address
-  // (for the access log), `deadline` the client's deadline.
-  GenerateReactor(Scheduler* scheduler, Metrics* metrics, std::string request_id, std::string peer,
-                  SteadyTime deadline);
+  // `scheduler` and `metrics` (nullable) must outlive the call. `method`
+  // ("Generate", "Chat") and `request_id` name the call in logs (and the id
+  // in responses), `peer` is the client's address (for the access log),
+  // `deadline` the client's deadline.
+  GenerateReactor(Scheduler* scheduler, Metrics* metrics, const char* method,
+                  std::string request_id, std::string peer, SteadyTime deadline);
 
   // Ends the call with `status` (not OK) before it reaches the scheduler;
   // counted as a rejected request.
@@ -85,6 +86,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
 
   Scheduler* const scheduler_;
   Metrics* const metrics_;
+  const char* const method_;
   const std::string request_id_;
   const std::string peer_;
   const SteadyTime deadline_;

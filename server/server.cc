@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/chat_template.h"
 #include "engine/demo_model.h"
 #include "engine/ggml_types.h"
 #include "engine/gguf.h"
@@ -143,6 +144,31 @@ absl::Status CheckOptions(const ServeOptions& o) {
   return absl::OkStatus();
 }
 
+// Chat's default template: --chat-template, else the model's own
+// tokenizer.chat_template; logged either way.
+ChatDefault ResolveChatDefault(const ServeOptions& o, const GgufFile& file, const Tokenizer& tok) {
+  ChatDefault d;
+  if (tok.vocab().eos >= 0) d.eos_text = tok.TokenText(tok.vocab().eos);
+  if (!o.chat_template.empty()) {
+    d.family = ChatFamilyFromArg(o.chat_template);
+  } else if (file.Find("tokenizer.chat_template") != nullptr) {
+    auto text = file.GetString("tokenizer.chat_template");
+    d.family = text.ok() ? DetectChatFamily(*text) : absl::StatusOr<ChatFamily>(text.status());
+  } else {
+    d.family = absl::FailedPreconditionError(
+        "the model has no chat template (tokenizer.chat_template) and the server was started "
+        "without --chat-template: name a template in the request, or use Generate with a "
+        "formatted prompt");
+  }
+  if (d.family.ok()) {
+    spdlog::info("chat template: {}{}", ChatFamilyName(*d.family),
+                 o.chat_template.empty() ? " (the model's)" : "");
+  } else {
+    spdlog::warn("Chat requests must name a template: {}", std::string(d.family.status().message()));
+  }
+  return d;
+}
+
 absl::Status Start(const ServeOptions& o, Running* run) {
   RETURN_IF_ERROR(CheckOptions(o));
   std::string path = o.model;
@@ -199,9 +225,11 @@ absl::Status Start(const ServeOptions& o, Running* run) {
   ASSIGN_OR_RETURN(run->scheduler,
                    Scheduler::Create(run->engine.backend.get(), std::move(decoder),
                                      run->tokenizer.get(), so, run->metrics.get()));
+  ChatDefault chat = ResolveChatDefault(o, *file, *run->tokenizer);
+  if (!o.chat_template.empty() && !chat.family.ok()) return chat.family.status();
   run->service = std::make_unique<InferenceService>(
       run->scheduler.get(), run->tokenizer.get(), run->metrics.get(),
-      MakeModelInfo(*file, backend, run->engine.weight_bytes, *run->tokenizer));
+      MakeModelInfo(*file, backend, run->engine.weight_bytes, *run->tokenizer), std::move(chat));
   int port = 0;
   ASSIGN_OR_RETURN(run->server, StartGrpcServer(o.listen, run->service.get(),
                                                 v1::Inference::service_full_name(), &port));

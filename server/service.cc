@@ -93,7 +93,7 @@ std::vector<int32_t> EncodePrompt(const Tokenizer& tokenizer, std::string_view t
 }
 
 InferenceService::InferenceService(Scheduler* scheduler, const Tokenizer* tokenizer,
-                                   Metrics* metrics, v1::ModelInfo model_info)
+                                   Metrics* metrics, v1::ModelInfo model_info, ChatDefault chat)
     : scheduler_(scheduler),
       tokenizer_(tokenizer),
       metrics_(metrics),
@@ -102,8 +102,49 @@ InferenceService::InferenceService(Scheduler* scheduler, const Tokenizer* tokeni
         model_info.set_ctx_per_slot(scheduler->options().ctx_per_slot);
         model_info.set_max_batch(scheduler->options().max_batch);
         model_info.set_queue_size(scheduler->options().queue_size);
+        if (chat.family.ok()) model_info.set_chat_template(std::string(ChatFamilyName(*chat.family)));
         return std::move(model_info);
-      }()) {}
+      }()),
+      chat_(std::move(chat)) {}
+
+absl::StatusOr<v1::GenerateRequest> InferenceService::ChatToGenerate(
+    const v1::ChatRequest& chat) const {
+  if (chat.messages().empty()) {
+    return absl::InvalidArgumentError("messages is empty: a conversation needs at least one");
+  }
+  if (chat.messages_size() > kMaxChatMessages) {
+    return absl::InvalidArgumentError(absl::StrCat("messages has ", chat.messages_size(),
+                                                   " entries; at most ", kMaxChatMessages,
+                                                   " are allowed"));
+  }
+  const v1::GenerateRequest& o = chat.options();
+  if (o.prompt_case() != v1::GenerateRequest::PROMPT_NOT_SET) {
+    return absl::InvalidArgumentError(
+        "options.text and options.tokens must be unset: the conversation is the prompt");
+  }
+  if (o.parse_special()) {
+    return absl::InvalidArgumentError(
+        "options.parse_special must be unset: Chat always parses the template's special tokens");
+  }
+  std::vector<ChatMessage> messages;
+  for (int i = 0; i < chat.messages_size(); ++i) {
+    const v1::ChatMessage& m = chat.messages(i);
+    if (m.role().empty() || m.role().size() > kMaxChatRoleBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("messages[", i, "].role must be 1..",
+                                                     kMaxChatRoleBytes, " bytes"));
+    }
+    messages.push_back({m.role(), m.content()});
+  }
+  absl::StatusOr<ChatFamily> family =
+      chat.chat_template().empty() ? chat_.family : DetectChatFamily(chat.chat_template());
+  if (!family.ok()) return family.status();
+  v1::GenerateRequest g = o;
+  g.set_text(FormatChat(*family, messages,
+                        !chat.has_add_generation_prompt() || chat.add_generation_prompt(),
+                        chat_.eos_text));
+  g.set_parse_special(true);
+  return g;
+}
 
 absl::StatusOr<GenerateRequest> InferenceService::ToEngineRequest(
     const v1::GenerateRequest& p, const std::string& request_id) const {
@@ -207,12 +248,29 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* InferenceService::Generate(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
   v1::GenerateRequest proto;
   const absl::Status parsed = ParseRequest(*request, &proto);
-  std::string id =
-      parsed.ok() && IsValidRequestId(proto.request_id()) ? proto.request_id() : NewRequestId();
+  const std::string client_id = parsed.ok() ? proto.request_id() : "";
+  if (!parsed.ok()) return StartStream(context, "Generate", parsed, client_id);
+  return StartStream(context, "Generate", std::move(proto), client_id);
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* InferenceService::Chat(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
+  v1::ChatRequest chat;
+  const absl::Status parsed = ParseRequest(*request, &chat);
+  if (!parsed.ok()) return StartStream(context, "Chat", parsed, "");
+  return StartStream(context, "Chat", ChatToGenerate(chat), chat.options().request_id());
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* InferenceService::StartStream(
+    grpc::CallbackServerContext* context, const char* method,
+    absl::StatusOr<v1::GenerateRequest> proto, const std::string& client_id) {
+  // The client's request id, when valid, names the stream even when the
+  // request is refused.
+  std::string id = IsValidRequestId(client_id) ? client_id : NewRequestId();
   const SteadyTime deadline = ToSteadyDeadline(context->deadline());
-  auto* reactor = new GenerateReactor(scheduler_, metrics_, id, context->peer(), deadline);
+  auto* reactor = new GenerateReactor(scheduler_, metrics_, method, id, context->peer(), deadline);
   absl::StatusOr<GenerateRequest> req =
-      parsed.ok() ? ToEngineRequest(proto, id) : absl::StatusOr<GenerateRequest>(parsed);
+      proto.ok() ? ToEngineRequest(*proto, id) : absl::StatusOr<GenerateRequest>(proto.status());
   if (!req.ok()) {
     reactor->Reject(req.status());
     return reactor;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/chat_template.h"
 #include "engine/scheduler.h"
 #include "engine/tokenizer.h"
 #include "grpcpp/support/byte_buffer.h"
@@ -41,8 +42,21 @@ std::vector<int32_t> EncodePrompt(const Tokenizer& tokenizer, std::string_view t
 // Methods whose requests carry text are raw (see server/payload.h); the
 // others use the generated typed callback API.
 using InferenceServiceBase = v1::Inference::WithRawCallbackMethod_Generate<
-    v1::Inference::WithRawCallbackMethod_Tokenize<v1::Inference::WithCallbackMethod_Detokenize<
-        v1::Inference::WithCallbackMethod_GetModelInfo<v1::Inference::Service>>>>;
+    v1::Inference::WithRawCallbackMethod_Chat<v1::Inference::WithRawCallbackMethod_Tokenize<
+        v1::Inference::WithCallbackMethod_Detokenize<
+            v1::Inference::WithCallbackMethod_GetModelInfo<v1::Inference::Service>>>>>;
+
+// Most messages and role bytes a Chat request may carry.
+inline constexpr int kMaxChatMessages = 1024;
+inline constexpr size_t kMaxChatRoleBytes = 64;
+
+// The chat template Chat uses when a request names none: a family, or why
+// there is none (FAILED_PRECONDITION, sent to such requests).
+struct ChatDefault {
+  absl::StatusOr<ChatFamily> family =
+      absl::FailedPreconditionError("the server has no chat template; name one in the request");
+  std::string eos_text;  // the model's EOS token text (zephyr ends turns with it)
+};
 
 class InferenceService final : public InferenceServiceBase {
  public:
@@ -50,7 +64,7 @@ class InferenceService final : public InferenceServiceBase {
   // running it); `metrics` may be null. `model_info` describes the model;
   // ctx_per_slot, max_batch and queue_size are filled in from the scheduler.
   InferenceService(Scheduler* scheduler, const Tokenizer* tokenizer, Metrics* metrics,
-                   v1::ModelInfo model_info);
+                   v1::ModelInfo model_info, ChatDefault chat = {});
 
   // Validates `proto` and turns it into a scheduler request with id
   // `request_id` (deadline left unset): INVALID_ARGUMENT naming the field for
@@ -58,9 +72,17 @@ class InferenceService final : public InferenceServiceBase {
   absl::StatusOr<GenerateRequest> ToEngineRequest(const v1::GenerateRequest& proto,
                                                   const std::string& request_id) const;
 
+  // The GenerateRequest a Chat request amounts to: its options with the
+  // formatted conversation as the text prompt, special tokens parsed.
+  // INVALID_ARGUMENT for bad messages or options; FAILED_PRECONDITION for an
+  // unrecognised template (or none at all).
+  absl::StatusOr<v1::GenerateRequest> ChatToGenerate(const v1::ChatRequest& chat) const;
+
   // m40llm.v1.Inference.
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
                                                        const grpc::ByteBuffer* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Chat(grpc::CallbackServerContext* context,
+                                                   const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
                                      const grpc::ByteBuffer* request,
                                      grpc::ByteBuffer* response) override;
@@ -72,11 +94,18 @@ class InferenceService final : public InferenceServiceBase {
                                          v1::ModelInfo* response) override;
 
  private:
+  // Starts the stream of `method` for `proto`, or refuses it with its
+  // status; the stream is named `client_id` when that is a valid request id.
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* StartStream(
+      grpc::CallbackServerContext* context, const char* method,
+      absl::StatusOr<v1::GenerateRequest> proto, const std::string& client_id);
+
   Scheduler* const scheduler_;
   const Tokenizer* const tokenizer_;
   Metrics* const metrics_;
   const int32_t ctx_per_slot_;
   const v1::ModelInfo model_info_;
+  const ChatDefault chat_;
 };
 
 }  // namespace m40llm

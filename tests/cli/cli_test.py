@@ -119,6 +119,39 @@ def unit(binary):
         assert bj["prefill"]["tokens"] == 16 and bj["prefill"]["ms"] > 0, bj["prefill"]
         assert bj["backend"] == "cpu" and bj["weight_bytes_per_step"] > 0, bj
 
+        # chat-template: the raw prompt (Llama 3, written out by hand), from a
+        # family name and from a template file, with and without the
+        # generation prompt; an unknown template is an error naming its line.
+        msgs = os.path.join(d, "msgs.json")
+        with open(msgs, "w", encoding="utf-8") as f:
+            json.dump([{"role": "system", "content": " Be brief. "},
+                       {"role": "user", "content": "Caf\u00e9?"}], f)
+        want = ("<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+                "<|start_header_id|>user<|end_header_id|>\n\nCaf\u00e9?<|eot_id|>")
+        gen_prompt = "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        out = run(binary, "chat-template", "--template", "llama3", "--messages", msgs).stdout
+        assert out == want + gen_prompt, repr(out)
+        tmpl = os.path.join(d, "llama3.jinja")
+        with open(tmpl, "w") as f:
+            f.write("{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>' }}")
+        out = run(binary, "chat-template", "--template", tmpl, "--messages", msgs,
+                  "--no-generation-prompt").stdout
+        assert out == want, repr(out)
+        with open(tmpl, "w") as f:
+            f.write("<<{{ mystery }}>>\n")
+        bad = run(binary, "chat-template", "--template", tmpl, "--messages", msgs, check=False)
+        assert bad.returncode == 1 and "<<{{ mystery }}>>" in bad.stderr, bad.stderr
+        # generate -f FILE and --prompt - read the prompt from a file and stdin.
+        pf = os.path.join(d, "prompt.txt")
+        with open(pf, "w") as f:
+            f.write("the cat")
+        c = run(binary, "generate", "-m", model, "-f", pf, "-n", "8", "--temperature", "0")
+        assert c.stdout == a.stdout, (c.stdout, a.stdout)
+        p = subprocess.run([binary, "generate", "-m", model, "-p", "-", "-n", "8",
+                            "--temperature", "0"], input="the cat", capture_output=True,
+                           text=True, timeout=600)
+        assert p.returncode == 0 and p.stdout == a.stdout, (p.stdout, p.stderr)
+
         # --backend cuda where there is no GPU (or no CUDA build): a clear
         # error, no crash.
         if not has_gpu():

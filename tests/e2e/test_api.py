@@ -12,7 +12,8 @@ PROMPT = "Once upon a time"
 
 
 class InferenceApi(ServerTestCase):
-    SERVER_ARGS = ("--max-batch", "4", "--queue-size", "16", "--ctx-per-slot", "512")
+    SERVER_ARGS = ("--max-batch", "4", "--queue-size", "16", "--ctx-per-slot", "512",
+                   "--chat-template", "zephyr")
 
     def request(self, **kw):
         kw.setdefault("text", PROMPT)
@@ -205,6 +206,54 @@ class InferenceApi(ServerTestCase):
         self.assertCode(e.exception, h.grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn("ids[1] = 512", e.exception.details())
 
+    def chat(self, messages, **kw):
+        req = h.pb.ChatRequest(messages=[h.pb.ChatMessage(role=r, content=c) for r, c in messages],
+                               **kw)
+        s = h.Stream()
+        call = self.stub.Chat(req, timeout=60)
+        try:
+            for m in call:
+                s.messages.append(m)
+        except h.grpc.RpcError:
+            pass
+        s.code = call.code()
+        s.details = call.details()
+        return s
+
+    def test_chat_is_generate_on_the_formatted_conversation(self):
+        convo = [("system", "Be brief."), ("user", "What is a clock?")]
+        opts = h.pb.GenerateRequest(max_tokens=16, temperature=0, ignore_eos=True)
+        # Named in the request: ChatML, written out by hand.
+        chat = self.chat(convo, chat_template="chatml", options=opts)
+        self.assertCode(chat, h.grpc.StatusCode.OK)
+        prompt = ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is a clock?"
+                  "<|im_end|>\n<|im_start|>assistant\n")
+        gen = h.generate(self.stub, self.request(text=prompt, parse_special=True, max_tokens=16,
+                                                 temperature=0, ignore_eos=True))
+        self.assertCode(gen, h.grpc.StatusCode.OK)
+        self.assertEqual(chat.tokens, gen.tokens)
+        self.assertEqual(chat.last.usage.prompt_tokens, gen.last.usage.prompt_tokens)
+        # The server's --chat-template (zephyr, whose turns end with the
+        # model's EOS, "</s>" here) when the request names none.
+        chat = self.chat([("user", "hello")], options=opts)
+        self.assertCode(chat, h.grpc.StatusCode.OK)
+        gen = h.generate(self.stub, self.request(text="<|user|>\nhello</s>\n<|assistant|>\n",
+                                                 parse_special=True, max_tokens=16,
+                                                 temperature=0, ignore_eos=True))
+        self.assertEqual(chat.tokens, gen.tokens)
+        info = self.stub.GetModelInfo(h.pb.GetModelInfoRequest(), timeout=10)
+        self.assertEqual(info.chat_template, "zephyr")
+
+    def test_chat_errors(self):
+        s = self.chat([("user", "hi")], chat_template="{{ mystery }}\nline two")
+        self.assertCode(s, h.grpc.StatusCode.FAILED_PRECONDITION)
+        self.assertIn('first line: "{{ mystery }}"', s.details)
+        s = self.chat([], chat_template="chatml")
+        self.assertCode(s, h.grpc.StatusCode.INVALID_ARGUMENT)
+        s = self.chat([("user", "hi")], options=h.pb.GenerateRequest(text="x"))
+        self.assertCode(s, h.grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("options.text", s.details)
+
     def test_health(self):
         serving = h.health_pb2.HealthCheckResponse.SERVING
         self.assertEqual(self.server.health_status(""), serving)
@@ -234,8 +283,10 @@ class InferenceApi(ServerTestCase):
         self.assertEqual(len(mine), 1, [f.name for f in files])
         service = {s.name: s for s in mine[0].service}["Inference"]
         methods = {m.name: m for m in service.method}
-        self.assertEqual(set(methods), {"Generate", "Tokenize", "Detokenize", "GetModelInfo"})
+        self.assertEqual(set(methods),
+                         {"Generate", "Chat", "Tokenize", "Detokenize", "GetModelInfo"})
         self.assertTrue(methods["Generate"].server_streaming)
+        self.assertTrue(methods["Chat"].server_streaming)
         self.assertFalse(methods["Tokenize"].server_streaming)
 
     def test_metrics_count_the_request(self):

@@ -433,6 +433,117 @@ TEST_F(ServiceTest, AddSpecialFollowsTheModelUnlessSet) {
   EXPECT_EQ(sub[2].prompt, sub[0].prompt);
 }
 
+// ---- Chat ------------------------------------------------------------------
+
+TEST_F(ServiceTest, ChatFormatsTheConversationWithTheNamedTemplate) {
+  scheduler_->SetScript(Script{});
+  v1::ChatRequest req;
+  auto* m = req.add_messages();
+  m->set_role("system");
+  m->set_content("Be brief.");
+  m = req.add_messages();
+  m->set_role("user");
+  m->set_content("hello world");
+  req.set_chat_template("chatml");
+  req.mutable_options()->set_temperature(0);
+  req.mutable_options()->set_max_tokens(5);
+  req.mutable_options()->set_request_id("chat-1");
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + seconds(30));
+  auto reader = stub_->Chat(&ctx, req);
+  v1::GenerateResponse resp;
+  std::vector<v1::GenerateResponse> got;
+  while (reader->Read(&resp)) got.push_back(resp);
+  ASSERT_TRUE(reader->Finish().ok());
+  ASSERT_FALSE(got.empty());
+  EXPECT_EQ(got.back().request_id(), "chat-1");
+  // The conversation as ChatML writes it, then tokenized with BOS per the
+  // model and special tokens parsed.
+  const std::string want =
+      "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhello world<|im_end|>\n"
+      "<|im_start|>assistant\n";
+  const std::vector<GenerateRequest> sub = scheduler_->submitted();
+  ASSERT_EQ(sub.size(), 1u);
+  EXPECT_EQ(sub[0].prompt, tokenizer_->Encode(want, true, true));
+  EXPECT_FLOAT_EQ(sub[0].sampling.temperature, 0.0f);
+  EXPECT_EQ(sub[0].max_tokens, 5);
+
+  // Without the generation prompt: the last turn is the user's.
+  req.set_add_generation_prompt(false);
+  grpc::ClientContext ctx2;
+  auto reader2 = stub_->Chat(&ctx2, req);
+  while (reader2->Read(&resp)) {
+  }
+  ASSERT_TRUE(reader2->Finish().ok());
+  ASSERT_EQ(scheduler_->submitted().size(), 2u);
+  EXPECT_EQ(scheduler_->submitted()[1].prompt,
+            tokenizer_->Encode(want.substr(0, want.size() - std::string("<|im_start|>assistant\n").size()),
+                               true, true));
+}
+
+TEST_F(ServiceTest, ChatRefusesBadConversationsAndTemplates) {
+  scheduler_->SetScript(Script{});
+  auto chat = [this](const v1::ChatRequest& req) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(30));
+    auto reader = stub_->Chat(&ctx, req);
+    v1::GenerateResponse resp;
+    while (reader->Read(&resp)) {
+    }
+    return reader->Finish();
+  };
+  v1::ChatRequest ok;
+  auto* m = ok.add_messages();
+  m->set_role("user");
+  m->set_content("hi");
+  // This server has no default template: a request must name one.
+  grpc::Status s = chat(ok);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(), HasSubstr("name one"));
+
+  v1::ChatRequest r = ok;
+  r.set_chat_template("{% for m in messages %}~~{{ m.content }}~~{% endfor %}");
+  s = chat(r);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(), HasSubstr("{% for m in messages %}~~"));
+  EXPECT_THAT(s.error_message(), HasSubstr("Generate with a formatted prompt"));
+
+  r = ok;
+  r.set_chat_template("llama3");
+  r.clear_messages();
+  s = chat(r);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("messages is empty"));
+
+  r = ok;
+  r.set_chat_template("llama3");
+  r.mutable_messages(0)->set_role("");
+  s = chat(r);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("messages[0].role"));
+
+  r = ok;
+  r.set_chat_template("llama3");
+  r.mutable_options()->set_text("a prompt");
+  s = chat(r);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("options.text"));
+
+  r = ok;
+  r.set_chat_template("llama3");
+  r.mutable_options()->set_top_p(7);
+  s = chat(r);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("top_p"));
+  EXPECT_TRUE(scheduler_->submitted().empty());
+
+  // The model info names no template for this server.
+  grpc::ClientContext ctx;
+  v1::ModelInfo info;
+  ASSERT_TRUE(stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+  EXPECT_EQ(info.chat_template(), "");
+}
+
 TEST_F(ServiceTest, GeneratesARequestIdWhenNoneIsGiven) {
   scheduler_->SetScript(Script{{Delta({300}, "x")}, {}, {}, {}, false});
   const StreamResult a = Generate(TextRequest("hi"));

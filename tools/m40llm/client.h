@@ -1,5 +1,6 @@
 // `m40llm client`: a command-line client for a running `m40llm serve`:
-// `generate` streams a completion, `health` checks readiness (exit 0 when
+// `generate` streams a completion, `chat` holds a conversation through the
+// Chat RPC, `health` checks readiness (exit 0 when
 // SERVING, for container health checks), `info` prints the model info.
 #pragma once
 
@@ -18,6 +19,9 @@ struct ClientOpts {
   std::string prompt;
   std::string tokens;  // comma-separated ids, instead of --prompt
   bool json = false;
+  // chat
+  std::string chat_template;  // "" = the server's
+  std::string system;
   // health
   std::string service;  // "" = the server as a whole
 };

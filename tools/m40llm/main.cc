@@ -1,5 +1,6 @@
 // m40llm: one binary for every job. Subcommands: generate, eval, tokenize,
-// mkmodel, info, bench, serve (the gRPC server) and client (talks to one).
+// mkmodel, info, bench, chat, chat-template, serve (the gRPC server) and
+// client (talks to one).
 #include <unistd.h>
 
 #include <chrono>
@@ -28,99 +29,19 @@
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 #include "tools/m40llm/bench.h"
+#include "tools/m40llm/chat.h"
 #include "tools/m40llm/client.h"
+#include "tools/m40llm/local.h"
 
 namespace m40llm {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double Seconds(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
-
-// Options shared by the subcommands that load a model.
-struct ModelOpts {
-  std::string model;
-  int threads = 0;
-  int ctx = 0;
-  std::string backend = "cpu";
-  int device = 0;
-};
-
-void AddModelOpts(CLI::App* app, ModelOpts* o) {
-  app->add_option("-m,--model", o->model,
-                  "GGUF model file (default: the built-in demo model, random weights)");
-  app->add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
-  app->add_option("-c,--ctx", o->ctx,
-                  "context positions to allocate (default: min(model context, 4096))");
-  app->add_option("--backend", o->backend, "compute backend: cpu or cuda")
-      ->check(CLI::IsMember({"cpu", "cuda"}))
-      ->capture_default_str();
-  app->add_option("--device", o->device, "CUDA device ordinal (--backend cuda)")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-}
-
-// Resolves --model (the demo model when empty) and opens the GGUF.
-absl::StatusOr<std::unique_ptr<GgufFile>> OpenModelFile(const ModelOpts& o) {
-  std::string path = o.model;
-  if (path.empty()) {
-    ASSIGN_OR_RETURN(path, EnsureDemoModel());
-    std::fprintf(stderr,
-                 "note: no --model given; using the built-in demo model %s.\n"
-                 "      Its weights are random, so its text is gibberish.\n",
-                 path.c_str());
-  }
-  return GgufFile::Open(path);
-}
-
-// Loads the weights into the backend --backend names, with a progress line
-// on stderr for models over 64 MiB, and one slot of enough context for
-// `need_ctx` positions (unless --ctx fixes it).
-absl::StatusOr<LoadedBackend> LoadEngine(const GgufFile& f, const ModelOpts& o, int need_ctx) {
-  ASSIGN_OR_RETURN(const ModelConfig c, ReadModelConfig(f));
-  BackendSpec spec;
-  spec.kind = o.backend;
-  spec.device = o.device;
-  spec.options.max_slots = 1;
-  spec.options.n_threads = o.threads;
-  spec.options.ctx_per_slot = o.ctx > 0 ? o.ctx : std::min(c.n_ctx_train, 4096);
-  if (o.ctx <= 0 && need_ctx > spec.options.ctx_per_slot) {
-    spec.options.ctx_per_slot = std::min(need_ctx, c.n_ctx_train);
-  }
-  const bool show = f.size() > (64u << 20);
-  auto t0 = Clock::now();
-  int last_pct = -1;
-  ProgressFn progress = [&](const LoadProgress& p) {
-    if (!show || p.bytes_total == 0) return;
-    const int pct = static_cast<int>(100 * p.bytes_done / p.bytes_total);
-    if (pct == last_pct) return;
-    last_pct = pct;
-    std::fprintf(stderr, "\rloading %s: %3d%% (%.0f MiB)", f.path().c_str(), pct,
-                 static_cast<double>(p.bytes_done) / (1 << 20));
-    std::fflush(stderr);
-  };
-  auto e = LoadBackend(f, spec, progress);
-  if (show) std::fprintf(stderr, "\n");
-  if (e.ok()) {
-    spdlog::info("loaded {} in {:.2f} s: {} layers, n_embd {}, vocab {}, {:.1f} MiB of weights on {}",
-                 f.path(), Seconds(t0, Clock::now()), c.n_layer, c.n_embd, c.n_vocab,
-                 static_cast<double>(e->weight_bytes) / (1 << 20), e->backend->device());
-  }
-  return e;
-}
-
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
-  return 1;
-}
 
 // ---- generate ---------------------------------------------------------------
 
 struct GenerateOpts {
   ModelOpts model;
-  std::string prompt;
+  std::string prompt;       // "-": standard input
+  std::string prompt_file;  // -f
   int max_tokens = 128;
   bool special = false;
   bool ignore_eos = false;
@@ -128,62 +49,36 @@ struct GenerateOpts {
 };
 
 int RunGenerate(GenerateOpts& o) {
+  auto prompt = ReadPromptArg(o.prompt, o.prompt_file);
+  if (!prompt.ok()) return Fail(prompt.status());
   auto file = OpenModelFile(o.model);
   if (!file.ok()) return Fail(file.status());
   auto tok = Tokenizer::FromGguf(**file);
   if (!tok.ok()) return Fail(tok.status());
   if (o.max_tokens < 0) return Fail(absl::InvalidArgumentError("--max-tokens must be >= 0"));
 
-  std::vector<int32_t> ids = (*tok)->Encode(o.prompt, /*add_special=*/true, o.special);
+  std::vector<int32_t> ids = (*tok)->Encode(*prompt, /*add_special=*/true, o.special);
   if (ids.empty()) return Fail(absl::InvalidArgumentError("the prompt is empty"));
   auto engine = LoadEngine(**file, o.model, static_cast<int>(ids.size()) + o.max_tokens);
   if (!engine.ok()) return Fail(engine.status());
-  Backend* backend = engine->backend.get();
-  if (auto s = o.sampling.Validate(backend->config().n_vocab); !s.ok()) return Fail(s);
-  const int ctx = backend->options().ctx_per_slot;
-  if (static_cast<int>(ids.size()) + o.max_tokens > ctx) {
-    return Fail(absl::OutOfRangeError(absl::StrCat(
-        "prompt (", ids.size(), " tokens) + max tokens (", o.max_tokens,
-        ") exceeds the context of ", ctx, " positions")));
-  }
 
   IncrementalDetokenizer detok(**tok);
   // Echo the prompt as the tokenizer sees it, then stream the continuation.
   for (int32_t id : ids) std::fputs(detok.Push(id).c_str(), stdout);
   std::fflush(stdout);
-
-  SamplerScratch scratch;
-  ForwardOutput out;
-  auto t0 = Clock::now();
-  SeqChunk prefill{0, 0, ids, false};
-  if (auto s = backend->Forward({&prefill, 1}, &out); !s.ok()) return Fail(s);
-  auto t1 = Clock::now();
-  std::vector<int32_t> history = ids;
-  int generated = 0;
-  std::string finish = "length";
-  for (int step = 0; step < o.max_tokens; ++step) {
-    SampleResult r = Sample(out.logits, o.sampling, history, 0, step, &scratch);
-    ++generated;
-    history.push_back(r.token);
-    if (!o.ignore_eos && (*tok)->IsEog(r.token)) {
-      finish = "stop";
-      break;
-    }
-    std::fputs(detok.Push(r.token).c_str(), stdout);
-    std::fflush(stdout);
-    if (step + 1 == o.max_tokens) break;
-    SeqChunk dec{0, static_cast<int>(history.size()) - 1, {&history.back(), 1}, false};
-    if (auto s = backend->Forward({&dec, 1}, &out); !s.ok()) return Fail(s);
-  }
-  std::fputs(detok.Flush().c_str(), stdout);
+  LocalGeneration g;
+  g.sampling = o.sampling;
+  g.max_tokens = o.max_tokens;
+  g.ignore_eos = o.ignore_eos;
+  auto r = GenerateLocally(*engine->backend, **tok, ids, /*cached=*/0, g, &detok,
+                           [](const std::string& text) {
+                             std::fputs(text.c_str(), stdout);
+                             std::fflush(stdout);
+                           });
   std::fputs("\n", stdout);
-  auto t2 = Clock::now();
-  const double pre_s = Seconds(t0, t1), dec_s = Seconds(t1, t2);
-  std::fprintf(stderr,
-               "prompt: %zu tokens in %.3f s (%.1f tok/s); decode: %d tokens in %.3f s "
-               "(%.1f tok/s); finish: %s\n",
-               ids.size(), pre_s, ids.size() / std::max(pre_s, 1e-9), generated, dec_s,
-               generated / std::max(dec_s, 1e-9), finish.c_str());
+  std::fflush(stdout);  // the text ends before the stats begin
+  if (!r.ok()) return Fail(r.status());
+  PrintGenerationStats(*r);
   return 0;
 }
 
@@ -357,23 +252,6 @@ int RunInfo(const std::string& model) {
   return 0;
 }
 
-void AddSamplingOpts(CLI::App* app, SamplingParams* p) {
-  app->add_option("--temperature,--temp", p->temperature, "0 = greedy")->capture_default_str();
-  app->add_option("--top-k", p->top_k, "keep the k most likely tokens (0 = off)")
-      ->capture_default_str();
-  app->add_option("--top-p", p->top_p, "nucleus sampling mass (1 = off)")->capture_default_str();
-  app->add_option("--min-p", p->min_p, "drop tokens below min-p x the top probability")
-      ->capture_default_str();
-  app->add_option("--repeat-penalty", p->repetition_penalty, "repetition penalty (1 = off)")
-      ->capture_default_str();
-  app->add_option("--presence-penalty", p->presence_penalty)->capture_default_str();
-  app->add_option("--frequency-penalty", p->frequency_penalty)->capture_default_str();
-  app->add_option("--penalty-last-n", p->penalty_last_n,
-                  "tokens the penalties look back over (-1 = all)")
-      ->capture_default_str();
-  app->add_option("--seed", p->seed, "sampling seed")->capture_default_str();
-}
-
 int Main(int argc, char** argv) {
   CLI::App app{"m40llm: GGUF LLM inference for the Tesla M40 and newer GPUs"};
   app.require_subcommand(1);
@@ -384,7 +262,14 @@ int Main(int argc, char** argv) {
   GenerateOpts gen;
   auto* g = app.add_subcommand("generate", "stream a continuation of a prompt to stdout");
   AddModelOpts(g, &gen.model);
-  g->add_option("-p,--prompt", gen.prompt, "prompt text")->required();
+  auto* gp = g->add_option("-p,--prompt", gen.prompt, "prompt text; - reads it from standard input");
+  auto* gf = g->add_option("-f,--file", gen.prompt_file, "read the prompt from this file");
+  gp->excludes(gf);
+  g->callback([&gen] {
+    if (gen.prompt.empty() && gen.prompt_file.empty()) {
+      throw CLI::RequiredError("--prompt or --file");
+    }
+  });
   g->add_option("-n,--max-tokens", gen.max_tokens, "tokens to generate")->capture_default_str();
   g->add_flag("--special", gen.special, "parse special tokens (e.g. <s>) in the prompt");
   g->add_flag("--ignore-eos", gen.ignore_eos, "keep going past end-of-sequence tokens");
@@ -504,6 +389,10 @@ int Main(int argc, char** argv) {
       ->capture_default_str();
   s->add_option("-t,--threads", sv.threads, "CPU threads (default: all cores)")
       ->envname("M40LLM_THREADS");
+  s->add_option("--chat-template", sv.chat_template,
+                "Chat's template when a request names none: a family name (chatml, llama3, ...) "
+                "or a file holding a template's text (default: the model's own)")
+      ->envname("M40LLM_CHAT_TEMPLATE");
   s->add_option("--log-level", sv.log_level, "trace|debug|info|warn|error|critical|off")
       ->envname("M40LLM_LOG_LEVEL")
       ->capture_default_str();
@@ -511,6 +400,11 @@ int Main(int argc, char** argv) {
       ->envname("M40LLM_LOG_FORMAT")
       ->check(CLI::IsMember({"text", "json"}))
       ->capture_default_str();
+
+  ChatTemplateOpts ct;
+  CLI::App* chat_template = AddChatTemplateCommand(&app, &ct);
+  ChatOpts chat;
+  CLI::App* chat_cmd = AddChatCommand(&app, &chat);
 
   ClientOpts cl;
   CLI::App* c = AddClientCommand(&app, &cl);
@@ -537,6 +431,8 @@ int Main(int argc, char** argv) {
   if (*bn) return RunBench(bench);
   if (*s) return RunServe(sv);
   if (*c) return RunClient(*c, cl);
+  if (*chat_template) return RunChatTemplate(ct);
+  if (*chat_cmd) return RunChat(chat);
   return 1;
 }
 
