@@ -1,6 +1,6 @@
 // Single-producer/single-consumer rings of fixed-size POD records, laid out
 // in one block of host-pinned memory that the host and the decoder (the CPU
-// decode loop now, the persistent CUDA kernel later) share.
+// host decoder now, the persistent CUDA kernel later) share.
 //
 // Header-only. Must stay valid C++17 and compile under nvcc for host and
 // device: CUDA sources include it. Host operations use GCC __atomic builtins
@@ -24,7 +24,7 @@
 // invariant 0 <= head - tail <= N (unsigned, modulo 2^32) always holds, so
 // the difference is exact across the 2^32 wrap as long as N <= 2^31.
 //
-// Host <-> host (the CPU decode loop; tests):
+// Host <-> host (the host decoder; tests):
 //   producer: load tail (acquire) -> write slot -> store head (release)
 //   consumer: load head (acquire) -> read slot  -> store tail (release)
 //   The producer's release of head synchronises with the consumer's acquire

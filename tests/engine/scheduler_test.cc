@@ -1,4 +1,4 @@
-// The scheduler with the CPU decode loop behind the ring protocol, on a small
+// The scheduler with the host decoder behind the ring protocol, on a small
 // random model: exact tokens against a plain sequential reference, batch
 // independence, continuous batching, queue limits, cancellation, deadlines,
 // stop strings, drain and shutdown.
