@@ -525,6 +525,29 @@ class SchedulerImpl final : public Scheduler {
     }
   }
 
+  // A decoder or backend that has failed for good (a sticky device fault, a
+  // hung persistent kernel) sends no more events: every request in flight
+  // ends now with INTERNAL and the reason; Submit refuses new ones.
+  void CheckHealth() {
+    if (health_failed_) return;
+    const absl::Status h = Health();
+    if (h.ok()) return;
+    health_failed_ = true;
+    spdlog::error("the decoder failed; ending every request in flight: {}", std::string(h.message()));
+    std::vector<std::shared_ptr<Request>> all;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& [handle, r] : live_) all.push_back(r);
+      queue_.clear();
+    }
+    for (auto& r : all) {
+      std::lock_guard<std::mutex> lock(r->mu);
+      Finalize(*r, absl::InternalError(absl::StrCat("the decoder failed: ", h.message())),
+               StreamFinish::kCancelled);
+    }
+    UpdateGauges();
+  }
+
   void CheckDeadlines() {
     const SteadyTime now = Clock::now();
     std::vector<uint64_t> expired;
@@ -576,6 +599,7 @@ class SchedulerImpl final : public Scheduler {
       if (now - last_deadline_check > std::chrono::milliseconds(5)) {
         last_deadline_check = now;
         CheckDeadlines();
+        CheckHealth();
       }
     }
   }
@@ -599,6 +623,7 @@ class SchedulerImpl final : public Scheduler {
 
   std::mutex cmd_mu_;
   std::atomic<bool> decoder_done_{false};
+  bool health_failed_ = false;  // dispatcher thread only
   std::atomic<uint64_t> decode_steps_{0};
   std::thread prefill_thread_, dispatch_thread_;
 };

@@ -19,6 +19,8 @@
 #include "engine/tokenizer.h"
 #include "gtest/gtest.h"
 #include "persistent/config.h"
+#include "persistent/decoder.h"
+#include "persistent/ring.h"
 #include "tests/support/host_scheduler.h"
 #include "tests/support/stream_collector.h"
 #include "tests/support/test_support.h"
@@ -354,6 +356,66 @@ TEST_F(SchedulerTest, EndOfSequenceStopsWithoutStreamingIt) {
   const auto first = std::find(ref.begin(), ref.end(), ref[2]);
   EXPECT_EQ(c->tokens, std::vector<int32_t>(ref.begin(), first));
   s->Shutdown();
+}
+
+
+// A decoder that takes commands and never answers (a hung GPU kernel), whose
+// health turns bad when the test says so.
+class SilentDecoder final : public Decoder {
+ public:
+  explicit SilentDecoder(DecoderOptions o) : opts_(std::move(o)), rings_(AllocateRingBlock()) {}
+  std::string kind() const override { return "silent"; }
+  const DecoderOptions& options() const override { return opts_; }
+  RingBlock* rings() override { return rings_.get(); }
+  absl::Status WriteHistory(int, std::span<const int32_t>) override { return absl::OkStatus(); }
+  absl::Status Start() override { return absl::OkStatus(); }
+  void Join() override {}
+  absl::Status health() const override {
+    return hung ? absl::InternalError("no heartbeat for 5 s (injected)") : absl::OkStatus();
+  }
+  std::atomic<bool> hung{false};
+
+ private:
+  DecoderOptions opts_;
+  RingBlockPtr rings_;
+};
+
+TEST_F(SchedulerTest, AFailedDecoderEndsEveryRequestInFlightWithInternal) {
+  BackendOptions bo;
+  bo.max_slots = 2;
+  bo.ctx_per_slot = 128;
+  auto b = CpuBackend::Create(model_.get(), bo);
+  ASSERT_TRUE(b.ok());
+  DecoderOptions d;
+  d.max_slots = 2;
+  d.ctx_per_slot = 128;
+  auto decoder = std::make_unique<SilentDecoder>(d);
+  SilentDecoder* silent = decoder.get();
+  SchedulerOptions so;
+  so.max_batch = 2;
+  so.ctx_per_slot = 128;
+  so.queue_size = 4;
+  auto s = Scheduler::Create(b->get(), std::move(decoder), tok_.get(), so, nullptr);
+  ASSERT_TRUE(s.ok()) << s.status();
+  std::vector<std::shared_ptr<Collector>> cs;
+  for (int i = 0; i < 3; ++i) {  // two admitted to the silent decoder, one queued
+    cs.push_back(std::make_shared<Collector>());
+    ASSERT_TRUE((*s)->Submit(Req(10 + i, 20), cs.back()).ok());
+  }
+  for (int i = 0; i < 50 && (*s)->stats().active_sequences < 2; ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_FALSE(cs[0]->Wait(100ms)) << "a silent decoder sends no tokens";
+  silent->hung = true;
+  for (auto& c : cs) {
+    ASSERT_TRUE(c->Wait(5s));
+    EXPECT_EQ(c->status.code(), absl::StatusCode::kInternal);
+    EXPECT_NE(std::string(c->status.message()).find("no heartbeat"), std::string::npos)
+        << c->status;
+  }
+  auto late = std::make_shared<Collector>();
+  EXPECT_EQ((*s)->Submit(Req(20, 5), late).status().code(), absl::StatusCode::kUnavailable);
+  (*s)->Shutdown();
 }
 
 }  // namespace
