@@ -184,6 +184,9 @@ class SchedulerImpl final : public Scheduler {
   }
 
   const SchedulerOptions& options() const override { return opts_; }
+  absl::Status health() const override { return Health(); }
+  std::string decoder_kind() const override { return decoder_->kind(); }
+  DecoderProgress decoder_progress() const override { return decoder_->progress(); }
 
  private:
   // The backend's health, else the decoder's.
@@ -565,6 +568,7 @@ class SchedulerImpl final : public Scheduler {
   void DispatchLoop() {
     uint32_t step = 0;
     int step_tokens = 0;
+    double step_seconds = 0;
     int idle = 0;
     SteadyTime last_deadline_check = Clock::now();
     for (;;) {
@@ -573,18 +577,21 @@ class SchedulerImpl final : public Scheduler {
       while (rings_->events.TryPop(&e)) {
         any = true;
         if (e.decode_step != step) {
-          if (step_tokens > 0 && metrics_) metrics_->DecodeStep(step_tokens);
+          if (step_tokens > 0 && metrics_) metrics_->DecodeStep(step_tokens, step_seconds);
           if (e.decode_step > step) decode_steps_ += e.decode_step - step;
           step = e.decode_step;
           step_tokens = 0;
         }
         // Only decode steps' tokens count towards the batch size; the first
         // token of a sequence comes from its prefill.
-        if (e.kind == EventKind::kToken && e.step > 0) ++step_tokens;
+        if (e.kind == EventKind::kToken && e.step > 0) {
+          ++step_tokens;
+          step_seconds = 1e-9 * e.step_ns;
+        }
         HandleEvent(e);
       }
       if (any) {
-        if (step_tokens > 0 && metrics_) metrics_->DecodeStep(step_tokens);
+        if (step_tokens > 0 && metrics_) metrics_->DecodeStep(step_tokens, step_seconds);
         step_tokens = 0;
         UpdateGauges();
         idle = 0;

@@ -92,7 +92,9 @@ class SchedulerMetrics {
   virtual void PromptTokens(int64_t n) = 0;
   virtual void GeneratedTokens(int64_t n) = 0;
   virtual void InterTokenLatency(double seconds) = 0;
-  virtual void DecodeStep(int batch_size) = 0;
+  // One decode step of `batch_size` sequences that took `seconds` by the
+  // decoder's own clock.
+  virtual void DecodeStep(int batch_size, double seconds) = 0;
   virtual void Gauges(int queue_depth, int active_sequences, double kv_cache_usage) = 0;
 };
 
@@ -148,6 +150,12 @@ class Scheduler {
 
   virtual SchedulerStats stats() const = 0;
   virtual const SchedulerOptions& options() const = 0;
+  // OK while the backend and the decoder can run; otherwise the first's
+  // fault, else the second's.
+  virtual absl::Status health() const { return absl::OkStatus(); }
+  // The decoder's kind ("host", "persistent") and progress.
+  virtual std::string decoder_kind() const { return ""; }
+  virtual DecoderProgress decoder_progress() const { return {}; }
 };
 
 }  // namespace m40llm

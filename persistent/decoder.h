@@ -24,6 +24,13 @@
 
 namespace m40llm {
 
+// A decoder's progress, for metrics and watchdogs.
+struct DecoderProgress {
+  uint64_t steps = 0;               // decode steps completed
+  int active_slots = 0;             // sequences it holds now
+  double seconds_since_step = 0;    // since the last step completed; 0 while idle
+};
+
 struct DecoderOptions {
   int max_slots = 1;             // slots it can hold, <= kMaxSlots
   int ctx_per_slot = 0;          // positions per slot (prompt + generated)
@@ -58,6 +65,9 @@ class Decoder {
 
   // OK while the decoder runs; after a fault it cannot recover from, why.
   virtual absl::Status health() const { return absl::OkStatus(); }
+
+  // Progress so far; callable from any thread.
+  virtual DecoderProgress progress() const = 0;
 };
 
 }  // namespace m40llm

@@ -29,6 +29,12 @@ class Backoff {
   int n_ = 0;
 };
 
+int64_t SteadyNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<HostDecoder>> HostDecoder::Create(Backend* backend,
@@ -96,18 +102,35 @@ void HostDecoder::Join() {
   if (thread_.joinable()) thread_.join();
 }
 
+DecoderProgress HostDecoder::progress() const {
+  DecoderProgress p;
+  p.steps = steps_done_.load(std::memory_order_relaxed);
+  p.active_slots = active_.load(std::memory_order_relaxed);
+  if (p.active_slots > 0) {
+    p.seconds_since_step = 1e-9 * static_cast<double>(SteadyNs() - last_step_end_ns_.load());
+  }
+  return p;
+}
+
 void HostDecoder::Run() {
   Backoff backoff;
   for (;;) {
-    if (!ApplyCommands()) return;
-    const bool any =
-        std::any_of(slots_.begin(), slots_.end(), [](const Slot& s) { return s.active; });
-    if (!any) {
+    step_ns_ = 0;  // events of command handling belong to no step
+    if (!ApplyCommands()) {
+      active_ = 0;
+      return;
+    }
+    const int n = static_cast<int>(
+        std::count_if(slots_.begin(), slots_.end(), [](const Slot& s) { return s.active; }));
+    if (active_.exchange(n) == 0 && n > 0) last_step_end_ns_ = SteadyNs();  // busy from now
+    if (n == 0) {
       backoff.Wait();
       continue;
     }
     backoff.Reset();
     Step();
+    ++steps_done_;
+    last_step_end_ns_ = SteadyNs();
   }
 }
 
@@ -151,6 +174,7 @@ void HostDecoder::Admit(const Command& c) {
     e.pos = c.pos;
     e.reason = FinishReason::kError;
     e.decode_step = decode_step_;
+    e.step_ns = step_ns_;
     Emit(e);
     return;
   }
@@ -176,6 +200,7 @@ void HostDecoder::Finish(int slot, FinishReason reason) {
   e.seq_id = s.seq_id;
   e.reason = reason;
   e.decode_step = decode_step_;
+  e.step_ns = step_ns_;
   Emit(e);
   s.active = false;
 }
@@ -193,6 +218,7 @@ void HostDecoder::Deliver(int slot, int32_t token, float logprob, const EventLog
   e.seq_id = s.seq_id;
   e.step = step;
   e.decode_step = decode_step_;
+  e.step_ns = step_ns_;
   if (why == FinishReason::kStop) {
     e.kind = EventKind::kFinished;
     e.reason = FinishReason::kStop;
@@ -228,7 +254,9 @@ void HostDecoder::Step() {
                       /*stream=*/0, static_cast<uint64_t>(s.step)});
     order_.push_back(i);
   }
+  const int64_t t0 = SteadyNs();
   const absl::Status st = backend_->ForwardSample(batch_, specs_, &samples_);
+  step_ns_ = static_cast<uint32_t>(std::min<int64_t>(SteadyNs() - t0, UINT32_MAX));
   if (!st.ok()) {
     spdlog::error("decode step {} failed: {}", decode_step_, std::string(st.message()));
     for (int i : order_) Finish(i, FinishReason::kError);

@@ -23,6 +23,7 @@
 // Events are pushed with backpressure: a full event ring makes it wait.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -55,6 +56,7 @@ class HostDecoder final : public Decoder {
   absl::Status Start() override;
   void Join() override;
   absl::Status health() const override { return backend_->health(); }
+  DecoderProgress progress() const override;
 
  private:
   struct Slot {
@@ -90,6 +92,11 @@ class HostDecoder final : public Decoder {
   std::vector<SampleSpec> specs_;
   std::vector<int> order_;
   uint32_t decode_step_ = 0;
+  uint32_t step_ns_ = 0;  // the current step's duration, for its events
+  // Read by progress() from other threads.
+  std::atomic<uint64_t> steps_done_{0};
+  std::atomic<int> active_{0};
+  std::atomic<int64_t> last_step_end_ns_{0};  // steady clock
   std::mutex start_mu_;
   bool started_ = false;
   std::thread thread_;

@@ -106,7 +106,10 @@ struct alignas(16) Event {
   int32_t step;        // kToken, kFinished/kStop: generated-token index (0 = prefill's)
   int32_t n_top;       // entries used in top
   uint32_t decode_step;  // the decoder's step counter (events of one step share it)
-  uint32_t pad;
+  // The decode step's duration by the decoder's own clock, nanoseconds,
+  // saturated at 2^32 - 1 (events of one step share it; 0 for events of
+  // command handling, such as a first token or a cancel).
+  uint32_t step_ns;
   EventLogprob top[kMaxEventLogprobs];
 };
 static_assert(std::is_trivially_copyable<Event>::value, "Event must be POD");

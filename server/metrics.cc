@@ -136,6 +136,21 @@ absl::Status Metrics::Build(const MetricsOptions& opts) {
                               .Register(r)
                               .Add({}, Buckets(kDecodeBatchSizeBuckets));
 
+    decode_step_ = &prometheus::BuildHistogram()
+                        .Name("m40llm_decode_step_seconds")
+                        .Help("Duration of one decode step by the decoder's own clock.")
+                        .Register(r)
+                        .Add({}, Buckets(kDecodeStepBuckets));
+    decoder_info_ = &prometheus::BuildGauge()
+                         .Name("m40llm_decoder_info")
+                         .Help("Always 1; the label names the decoder (host, persistent).")
+                         .Register(r);
+    heartbeat_age_ = &prometheus::BuildGauge()
+                          .Name("m40llm_decoder_heartbeat_age_seconds")
+                          .Help("Time since the decoder last completed a step while it held "
+                                "sequences; 0 while idle.")
+                          .Register(r)
+                          .Add({});
     queue_depth_ = &prometheus::BuildGauge()
                         .Name("m40llm_queue_depth")
                         .Help("Requests waiting in the admission queue for a decode slot.")
@@ -246,10 +261,15 @@ void Metrics::GeneratedTokens(int64_t n) {
 
 void Metrics::InterTokenLatency(double seconds) { inter_token_->Observe(seconds); }
 
-void Metrics::DecodeStep(int batch_size) {
+void Metrics::DecodeStep(int batch_size, double seconds) {
   decode_steps_->Increment();
   decode_batch_size_->Observe(batch_size);
+  decode_step_->Observe(seconds);
 }
+
+void Metrics::DecoderKind(const std::string& kind) { decoder_info_->Add({{"kind", kind}}).Set(1); }
+
+void Metrics::DecoderState(const DecoderProgress& p) { heartbeat_age_->Set(p.seconds_since_step); }
 
 void Metrics::Gauges(int queue_depth, int active_sequences, double kv_cache_usage) {
   queue_depth_->Set(queue_depth);

@@ -227,6 +227,7 @@ absl::Status Start(const ServeOptions& o, Running* run) {
                                      run->tokenizer.get(), so, run->metrics.get()));
   ChatDefault chat = ResolveChatDefault(o, *file, *run->tokenizer);
   if (!o.chat_template.empty() && !chat.family.ok()) return chat.family.status();
+  run->metrics->DecoderKind(run->scheduler->decoder_kind());
   run->service = std::make_unique<InferenceService>(
       run->scheduler.get(), run->tokenizer.get(), run->metrics.get(),
       MakeModelInfo(*file, backend, run->engine.weight_bytes, *run->tokenizer), std::move(chat));
@@ -312,8 +313,9 @@ int RunServe(const ServeOptions& opts) {
     const timespec tick = {0, 250 * 1000 * 1000};
     sig = sigtimedwait(&signals, nullptr, &tick);
     if (sig > 0) break;
-    const absl::Status h = run.engine.backend->health();
+    const absl::Status h = run.scheduler->health();  // the backend's, else the decoder's
     run.metrics->BackendState(run.engine.backend->memory(), h.ok());
+    run.metrics->DecoderState(run.scheduler->decoder_progress());
     if (serving && !h.ok()) {
       serving = false;
       run.server->GetHealthCheckService()->SetServingStatus(false);

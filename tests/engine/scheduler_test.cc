@@ -373,6 +373,7 @@ class SilentDecoder final : public Decoder {
   absl::Status health() const override {
     return hung ? absl::InternalError("no heartbeat for 5 s (injected)") : absl::OkStatus();
   }
+  DecoderProgress progress() const override { return {}; }
   std::atomic<bool> hung{false};
 
  private:

@@ -278,6 +278,8 @@ class DecoderHarness {
     const int step = static_cast<int>(s.tokens.size());
     if (e.kind == EventKind::kToken) {
       EXPECT_EQ(e.step, step) << "sequence " << e.seq_id << ": steps out of order";
+      // A decode step's tokens carry its duration; the first token is no step's.
+      if (step > 0) EXPECT_GT(e.step_ns, 0u) << "sequence " << e.seq_id;
       EXPECT_EQ(e.pos, q.prompt_len + step) << "sequence " << e.seq_id;
       ASSERT_GE(e.n_top, 0);
       ASSERT_LE(e.n_top, kMaxEventLogprobs);

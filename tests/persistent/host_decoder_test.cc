@@ -5,6 +5,7 @@
 #include "persistent/host_decoder.h"
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -131,6 +132,55 @@ TEST(HostDecoder, AFailedStepEndsTheActiveSequencesWithErrorAndTheDecoderGoesOn)
   const uint64_t c = h.Admit(0, s);
   ASSERT_TRUE(h.WaitFinished(c));
   ExpectSameStream(h.stream(c), Reference(*m->target.backend, s, {}, kSuiteContext), "after");
+}
+
+TEST(HostDecoder, ReportsItsProgress) {
+  CpuModel* m = Model();
+  ASSERT_TRUE(m->target.skip_reason.empty()) << m->target.skip_reason;
+  DecoderOptions o;
+  o.max_slots = kSuiteSlots;
+  o.ctx_per_slot = kSuiteContext;
+  auto d = HostDecoder::Create(m->backend.get(), o);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ((*d)->progress().steps, 0u);
+  EXPECT_EQ((*d)->progress().active_slots, 0);
+  EXPECT_EQ((*d)->kind(), "host");
+  ASSERT_TRUE((*d)->Start().ok());
+  // Admit one sequence of 9 tokens by hand: 8 decode steps.
+  SeqSpec s;
+  s.prompt = {3, 4, 5};
+  s.params.temperature = 0.0f;
+  s.max_tokens = 9;
+  s.ignore_eos = true;
+  const SampleResult first = PrefillAndSample(*m->backend, 0, s);
+  std::vector<int32_t> hist = s.prompt;
+  hist.push_back(first.token);
+  ASSERT_TRUE((*d)->WriteHistory(0, hist).ok());
+  Command c{};
+  c.op = CommandOp::kAdmit;
+  c.slot = 0;
+  c.pos = 3;
+  c.first_token = first.token;
+  c.seq_id = 7;
+  c.sampling.params = s.params;
+  c.sampling.max_tokens = 9;
+  c.sampling.ignore_eos = 1;
+  ASSERT_TRUE((*d)->rings()->commands.PushWait(c, std::chrono::seconds(10)));
+  Event e{};
+  int tokens = 0;
+  while ((*d)->rings()->events.PopWait(&e, std::chrono::seconds(10)) &&
+         e.kind == EventKind::kToken) {
+    ++tokens;
+  }
+  EXPECT_EQ(tokens, 9);
+  EXPECT_EQ(e.kind, EventKind::kFinished);
+  EXPECT_EQ((*d)->progress().steps, 8u);
+  Command stop{};
+  stop.op = CommandOp::kShutdown;
+  ASSERT_TRUE((*d)->rings()->commands.PushWait(stop, std::chrono::seconds(10)));
+  (*d)->Join();
+  EXPECT_EQ((*d)->progress().active_slots, 0);
+  EXPECT_EQ((*d)->progress().seconds_since_step, 0.0);
 }
 
 TEST(HostDecoder, RefusesOptionsTheBackendCannotHold) {

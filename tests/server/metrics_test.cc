@@ -171,8 +171,8 @@ TEST(MetricsTest, CountersAndHistogramsMoveByExactlyWhatWasReported) {
   m->PromptTokens(-3);  // ignored: counters never go down
   m->GeneratedTokens(7);
   for (int i = 0; i < 3; ++i) m->InterTokenLatency(0.012);
-  m->DecodeStep(3);
-  m->DecodeStep(8);
+  m->DecodeStep(3, 0.003);
+  m->DecodeStep(8, 0.02);
   m->Gauges(4, 2, 0.375);
 
   const Exposition after = Parse(m->Serialize());
@@ -192,6 +192,12 @@ TEST(MetricsTest, CountersAndHistogramsMoveByExactlyWhatWasReported) {
   EXPECT_EQ(delta("m40llm_prompt_tokens_total"), 12);
   EXPECT_EQ(delta("m40llm_generated_tokens_total"), 7);
   EXPECT_EQ(delta("m40llm_decode_steps_total"), 2);
+  const std::string step = "m40llm_decode_step_seconds";
+  EXPECT_EQ(delta(step + "_count"), 2);
+  EXPECT_DOUBLE_EQ(delta(step + "_sum"), 0.023);
+  EXPECT_EQ(bucket_delta(step, 0.002), 0);
+  EXPECT_EQ(bucket_delta(step, 0.004), 1);
+  EXPECT_EQ(bucket_delta(step, 0.032), 2);
 
   const std::string ttft = "m40llm_time_to_first_token_seconds";
   EXPECT_EQ(delta(ttft + "_count"), 1);
@@ -247,7 +253,7 @@ TEST(MetricsTest, ConcurrentReportsAreAllCounted) {
       for (int i = 0; i < kPerThread; ++i) {
         m->RequestDone(t % 2 == 0 ? "ok" : "made_up_status", info, 0.2);
         m->GeneratedTokens(1);
-        m->DecodeStep(1);
+        m->DecodeStep(1, 0.001);
       }
     });
   }
@@ -421,7 +427,7 @@ TEST(MetricsTest, PromtoolFindsNoLintProblems) {
   m->RequestDone("ok", info, 0.4);
   m->RequestRejected("resource_exhausted");
   m->InterTokenLatency(0.03);
-  m->DecodeStep(2);
+  m->DecodeStep(2, 0.002);
   m->Gauges(1, 2, 0.25);
 
   const std::string file = absl::StrCat(testing::TempDir(), "/metrics.prom");
