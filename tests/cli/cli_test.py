@@ -192,6 +192,35 @@ def conformance(binary):
                 assert ev["greedy"][s]["token"] == g["token"], (model, i, s)
             checked += 1
     print(f"cli conformance: {checked} model/prompt pairs agree with llama.cpp")
+
+    # A real trained model: greedy decoding of "Once upon a time" on
+    # stories260K continues as an independent float64 reference
+    # (llama_reference.py) does, wherever that reference is sure (margin at
+    # least 0.05: our weights are FP16, the file's F32); its tokenization is
+    # the start of llama.cpp's for prompt 2, which begins with those words.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import llama_reference
+    path = os.path.join(fx, "models", "stories260k.gguf")
+    ref2 = json.load(open(os.path.join(fx, "reference", "stories260k.p2.json")))
+    assert ref2["prompt"].startswith("Once upon a time,")
+    tok = json.loads(run(binary, "tokenize", "-m", path, "--text", "Once upon a time",
+                         "--json").stdout)["tokens"]
+    assert tok == ref2["prompt_tokens"][:len(tok)], (tok, ref2["prompt_tokens"][:8])
+    n = 40
+    ev = json.loads(run(binary, "eval", "-m", path, "--tokens", ",".join(map(str, tok)), "-n",
+                        str(n), "--json").stdout)
+    want = llama_reference.greedy(llama_reference.Llama(path), tok, n)
+    agreed = 0
+    for s, (t, margin) in enumerate(want):
+        if margin < 0.05:
+            break
+        assert ev["greedy"][s]["token"] == t, (s, ev["greedy"][s], t, margin)
+        agreed += 1
+    assert agreed >= 8, f"the reference was sure for only {agreed} steps"
+    text = run(binary, "generate", "-m", path, "-p", "Once upon a time", "-n", str(agreed),
+               "--temperature", "0").stdout
+    print(f"cli conformance: stories260k greedy agrees with the float64 reference for {agreed} "
+          f"steps: {text.strip()!r}")
     return 0
 
 
