@@ -97,8 +97,7 @@ absl::Status CpuBackend::Forward(std::span<const SeqChunk> batch, ForwardOutput*
   std::vector<float> up(T * c.n_ff);     // (T, n_ff)
 
   for (int64_t t = 0; t < T; ++t) {
-    cpu::HalfToFloatRow(model_->token_embd.data.data() + tok[t] * n_embd, &x[t * n_embd],
-                        n_embd);
+    cpu::WeightRow(model_->token_embd, tok[t], &x[t * n_embd]);
   }
 
   cpu::RopeParams rope;

@@ -6,8 +6,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <vector>
 
+#include "engine/dequant.h"
 #include "engine/fp16.h"
 
 namespace m40llm::cpu {
@@ -62,7 +64,23 @@ float Dot(const float* a, const float* b, size_t n) {
   return HasAvx2() ? DotAvx2(a, b, n) : DotScalar(a, b, n);
 }
 
-void MatMul(ThreadPool& pool, const MatrixF16& w, const float* x, int64_t n_tok, float* y) {
+// Rows [r0, r0 + n) of w into FP32 `out` (n * cols values).
+void WeightRows(const WeightMatrix& w, size_t r0, size_t n, float* out) {
+  const size_t cols = static_cast<size_t>(w.cols);
+  if (!w.quantised()) {
+    HalfToFloatRow(w.data.data() + r0 * cols, out, n * cols);
+    return;
+  }
+  // The blocks were checked at load; a failure here is a programming error.
+  const absl::Status s = DequantizeToF32(w.type, w.blocks.data() + r0 * w.row_bytes, n * cols, out);
+  if (!s.ok()) std::abort();
+}
+
+void WeightRow(const WeightMatrix& w, int64_t r, float* out) {
+  WeightRows(w, static_cast<size_t>(r), 1, out);
+}
+
+void MatMul(ThreadPool& pool, const WeightMatrix& w, const float* x, int64_t n_tok, float* y) {
   const size_t cols = static_cast<size_t>(w.cols);
   const size_t rows = static_cast<size_t>(w.rows);
   // Rows are converted to FP32 in small groups and reused across a block of
@@ -74,7 +92,7 @@ void MatMul(ThreadPool& pool, const MatrixF16& w, const float* x, int64_t n_tok,
     for (size_t g = g0; g < g1; ++g) {
       const size_t r0 = g * kRowGroup;
       const size_t nr = std::min(kRowGroup, rows - r0);
-      HalfToFloatRow(w.data.data() + r0 * cols, wf.data(), nr * cols);
+      WeightRows(w, r0, nr, wf.data());
       for (int64_t t0 = 0; t0 < n_tok; t0 += kTokBlock) {
         const int64_t t1 = std::min(n_tok, t0 + kTokBlock);
         for (int64_t t = t0; t < t1; ++t) {

@@ -18,10 +18,15 @@ void FloatToHalfRow(const float* src, uint16_t* dst, size_t n);
 // sum_i a[i] * b[i] in FP32 (8-wide partial sums where the CPU allows).
 float Dot(const float* a, const float* b, size_t n);
 
-// y (n_tok, w.rows) = x (n_tok, w.cols) * w^T, weights FP16, all math FP32.
+// Row r of w as FP32: FP16 widened, or its quantised blocks dequantised.
+void WeightRow(const WeightMatrix& w, int64_t r, float* out);
+
+// y (n_tok, w.rows) = x (n_tok, w.cols) * w^T, weights FP16 or quantised
+// blocks (dequantised exactly to FP32, as llama.cpp's reference does), all
+// math FP32.
 // Each output element is one Dot over a row converted to FP32, so a token's
 // result does not depend on which other tokens share the call.
-void MatMul(ThreadPool& pool, const MatrixF16& w, const float* x, int64_t n_tok, float* y);
+void MatMul(ThreadPool& pool, const WeightMatrix& w, const float* x, int64_t n_tok, float* y);
 
 // out = x / sqrt(mean(x^2) + eps) * weight, over n values (sum in double).
 void RmsNorm(const float* x, const float* weight, size_t n, float eps, float* out);

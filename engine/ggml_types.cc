@@ -45,6 +45,11 @@ std::string TypeName(uint32_t type_id) {
   return "type#" + std::to_string(type_id);
 }
 
+bool IsBlockQuantised(GgmlType t) {
+  return IsSupportedWeightType(t) && t != GgmlType::kF32 && t != GgmlType::kF16 &&
+         t != GgmlType::kBF16;
+}
+
 bool IsSupportedWeightType(GgmlType t) {
   switch (t) {
     case GgmlType::kF32:

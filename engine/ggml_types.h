@@ -66,7 +66,12 @@ inline std::string TypeName(GgmlType t) {
   return TypeName(static_cast<uint32_t>(t));
 }
 
-// True for the types m40llm dequantises to FP16 at load.
+// True for the weight types m40llm loads: F32, F16, BF16 and the block types
+// below.
 bool IsSupportedWeightType(GgmlType t);
+
+// True for the block-quantised types m40llm computes from as they are (with
+// --weights native): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K.
+bool IsBlockQuantised(GgmlType t);
 
 }  // namespace m40llm

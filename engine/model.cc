@@ -195,17 +195,29 @@ absl::StatusOr<const GgufTensorInfo*> Expect(const GgufFile& f, const std::strin
 
 class Loader {
  public:
-  Loader(const GgufFile& f, WeightSink* sink, const ProgressFn& progress, int n_threads)
-      : f_(f), sink_(sink), progress_(progress), pool_(n_threads), total_(LlamaTensorBytes(f)) {}
+  Loader(const GgufFile& f, WeightSink* sink, const ProgressFn& progress, int n_threads,
+         WeightFormat format)
+      : f_(f),
+        sink_(sink),
+        progress_(progress),
+        pool_(n_threads),
+        total_(LlamaTensorBytes(f)),
+        format_(format) {}
 
   absl::Status Matrix(const std::string& name, WeightId id, int layer, int64_t rows,
                       int64_t cols) {
     ASSIGN_OR_RETURN(const GgufTensorInfo* t,
                      Expect(f_, name, {static_cast<uint64_t>(cols), static_cast<uint64_t>(rows)}));
-    ASSIGN_OR_RETURN(uint16_t* dst, sink_->MatrixBuffer(id, layer, rows, cols));
     const auto traits = *TypeTraits(static_cast<uint32_t>(t->type));
     const size_t row_bytes = static_cast<size_t>(cols) / traits.block_elems * traits.block_bytes;
     const uint8_t* src = f_.TensorData(*t).data();
+    if (format_ == WeightFormat::kNative && IsBlockQuantised(t->type)) {
+      RETURN_IF_ERROR(sink_->QuantisedMatrix(id, layer, t->type, rows, cols,
+                                             {src, row_bytes * static_cast<size_t>(rows)}));
+      Done(*t);
+      return absl::OkStatus();
+    }
+    ASSIGN_OR_RETURN(uint16_t* dst, sink_->MatrixBuffer(id, layer, rows, cols));
     std::atomic<uint64_t> clamped{0};
     std::mutex err_mu;
     absl::Status err;
@@ -268,6 +280,7 @@ class Loader {
   const ProgressFn& progress_;
   ThreadPool pool_;
   uint64_t total_ = 0, done_ = 0, clamped_ = 0;
+  WeightFormat format_;
 };
 
 // Stores every weight in a LlamaModel's host vectors.
@@ -277,12 +290,24 @@ class HostSink : public WeightSink {
 
   absl::StatusOr<uint16_t*> MatrixBuffer(WeightId id, int layer, int64_t rows,
                                          int64_t cols) override {
-    MatrixF16* mat = Find(id, layer);
+    WeightMatrix* mat = Find(id, layer);
     if (mat == nullptr) return absl::InternalError("HostSink: not a matrix");
+    mat->type = GgmlType::kF16;
     mat->rows = rows;
     mat->cols = cols;
     mat->data.resize(static_cast<size_t>(rows * cols));
     return mat->data.data();
+  }
+  absl::Status QuantisedMatrix(WeightId id, int layer, GgmlType type, int64_t rows, int64_t cols,
+                               std::span<const uint8_t> blocks) override {
+    WeightMatrix* mat = Find(id, layer);
+    if (mat == nullptr) return absl::InternalError("HostSink: not a matrix");
+    mat->type = type;
+    mat->rows = rows;
+    mat->cols = cols;
+    mat->row_bytes = blocks.size() / static_cast<size_t>(rows);
+    mat->blocks.assign(blocks.begin(), blocks.end());
+    return absl::OkStatus();
   }
   absl::Status MatrixDone(WeightId, int, int64_t, int64_t) override { return absl::OkStatus(); }
   absl::Status Vector(WeightId id, int layer, std::vector<float> values) override {
@@ -300,7 +325,7 @@ class HostSink : public WeightSink {
   }
 
  private:
-  MatrixF16* Find(WeightId id, int layer) {
+  WeightMatrix* Find(WeightId id, int layer) {
     switch (id) {
       case WeightId::kTokenEmbd: return &m_->token_embd;
       case WeightId::kOutput: return &m_->output;
@@ -325,9 +350,25 @@ uint64_t LlamaTensorBytes(const GgufFile& file) {
   return total;
 }
 
+absl::Status WeightSink::QuantisedMatrix(WeightId, int, GgmlType type, int64_t, int64_t,
+                                         std::span<const uint8_t>) {
+  return absl::UnimplementedError(
+      absl::StrCat("this backend cannot hold ", TypeName(type), " weights in their blocks"));
+}
+
+const char* WeightFormatName(WeightFormat f) { return f == WeightFormat::kNative ? "native" : "f16"; }
+
+absl::StatusOr<WeightFormat> ParseWeightFormat(const std::string& name) {
+  if (name == "native") return WeightFormat::kNative;
+  if (name == "f16") return WeightFormat::kF16;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown weight format '", name, "': use native or f16"));
+}
+
 absl::Status StreamLlamaWeights(const GgufFile& file, const ModelConfig& c, WeightSink* sink,
-                                const ProgressFn& progress, int n_threads, uint64_t* clamped) {
-  Loader ld(file, sink, progress, n_threads);
+                                const ProgressFn& progress, int n_threads, uint64_t* clamped,
+                                WeightFormat format) {
+  Loader ld(file, sink, progress, n_threads, format);
   RETURN_IF_ERROR(ld.Matrix("token_embd.weight", WeightId::kTokenEmbd, -1, c.n_vocab, c.n_embd));
   for (int l = 0; l < c.n_layer; ++l) {
     const std::string p = absl::StrCat("blk.", l, ".");
@@ -359,17 +400,18 @@ absl::Status StreamLlamaWeights(const GgufFile& file, const ModelConfig& c, Weig
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const GgufFile& file,
                                                             const ProgressFn& progress,
-                                                            int n_threads) {
+                                                            int n_threads, WeightFormat format) {
   auto m = std::unique_ptr<LlamaModel>(new LlamaModel());
   ASSIGN_OR_RETURN(m->config_, ReadModelConfig(file));
   m->layers.resize(m->config_.n_layer);
   HostSink sink(m.get());
-  RETURN_IF_ERROR(StreamLlamaWeights(file, m->config_, &sink, progress, n_threads, &m->clamped_));
+  RETURN_IF_ERROR(
+      StreamLlamaWeights(file, m->config_, &sink, progress, n_threads, &m->clamped_, format));
   return m;
 }
 
 uint64_t LlamaModel::weight_bytes() const {
-  auto mat = [](const MatrixF16& m) { return m.data.size() * sizeof(uint16_t); };
+  auto mat = [](const WeightMatrix& m) { return m.bytes(); };
   auto vec = [](const std::vector<float>& v) { return v.size() * sizeof(float); };
   uint64_t b = mat(token_embd) + mat(output) + vec(output_norm) + vec(rope_freqs);
   for (const LayerWeights& w : layers) {

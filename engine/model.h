@@ -7,10 +7,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/ggml_types.h"
 #include "engine/gguf.h"
 
 namespace m40llm {
@@ -52,27 +54,48 @@ struct ModelConfig {
 // refused as unsupported, by name.
 absl::StatusOr<ModelConfig> ReadModelConfig(const GgufFile& f);
 
-// A 2-D FP16 weight matrix: `rows` rows of `cols` contiguous values
-// (GGUF ne1 x ne0).
-struct MatrixF16 {
+// How a model's quantised matrices are held.
+enum class WeightFormat {
+  kNative,  // in their GGUF blocks, dequantised to FP32 as they are used
+  kF16,     // dequantised once, at load, to FP16
+};
+
+// "native" or "f16".
+const char* WeightFormatName(WeightFormat f);
+// The format `name` names; InvalidArgument for anything but native and f16.
+absl::StatusOr<WeightFormat> ParseWeightFormat(const std::string& name);
+
+// A 2-D weight matrix: `rows` rows of `cols` values (GGUF ne1 x ne0), as FP16
+// values (type kF16) or, with WeightFormat::kNative, as the GGUF blocks of a
+// quantised type exactly as the file stores them, row after row.
+struct WeightMatrix {
+  GgmlType type = GgmlType::kF16;  // kF16, or a block-quantised type
   int64_t rows = 0;
   int64_t cols = 0;
-  std::vector<uint16_t> data;  // (rows, cols) FP16 bits
+  std::vector<uint16_t> data;      // (rows, cols) FP16 bits, when type == kF16
+  std::vector<uint8_t> blocks;     // (rows, row_bytes) when quantised
+  size_t row_bytes = 0;            // bytes of one row's blocks (quantised)
+
+  bool quantised() const { return type != GgmlType::kF16; }
+  // Bytes of weights held.
+  uint64_t bytes() const { return data.size() * sizeof(uint16_t) + blocks.size(); }
 };
+// The name the CUDA tests still use.
+using MatrixF16 = WeightMatrix;
 
 struct LayerWeights {
   std::vector<float> attn_norm;  // (n_embd)
-  MatrixF16 wq;                  // (q_dim, n_embd)
-  MatrixF16 wk;                  // (kv_dim, n_embd)
-  MatrixF16 wv;                  // (kv_dim, n_embd)
+  WeightMatrix wq;               // (q_dim, n_embd)
+  WeightMatrix wk;               // (kv_dim, n_embd)
+  WeightMatrix wv;               // (kv_dim, n_embd)
   std::vector<float> bq;         // (q_dim) or empty: no biases
   std::vector<float> bk;         // (kv_dim) or empty
   std::vector<float> bv;         // (kv_dim) or empty
-  MatrixF16 wo;                  // (n_embd, q_dim)
+  WeightMatrix wo;               // (n_embd, q_dim)
   std::vector<float> ffn_norm;   // (n_embd)
-  MatrixF16 w_gate;              // (n_ff, n_embd)
-  MatrixF16 w_up;                // (n_ff, n_embd)
-  MatrixF16 w_down;              // (n_embd, n_ff)
+  WeightMatrix w_gate;           // (n_ff, n_embd)
+  WeightMatrix w_up;             // (n_ff, n_embd)
+  WeightMatrix w_down;           // (n_embd, n_ff)
 };
 
 struct LoadProgress {
@@ -116,6 +139,11 @@ class WeightSink {
   virtual absl::Status MatrixDone(WeightId id, int layer, int64_t rows, int64_t cols) = 0;
   // A FP32 vector (norm weights, rope frequency factors).
   virtual absl::Status Vector(WeightId id, int layer, std::vector<float> values) = 0;
+  // A block-quantised matrix, its `rows` rows of blocks as the file stores
+  // them (`blocks` is valid only during the call); only with
+  // WeightFormat::kNative. The default refuses.
+  virtual absl::Status QuantisedMatrix(WeightId id, int layer, GgmlType type, int64_t rows,
+                                       int64_t cols, std::span<const uint8_t> blocks);
 };
 
 // Reads, checks and dequantises every weight of `file` (whose config is `c`)
@@ -124,31 +152,36 @@ class WeightSink {
 // output (unless tied), rope_freqs (if present). `progress` (optional) is
 // called after each tensor; `clamped` (optional) receives the number of
 // values clamped into the FP16 range.
+// With WeightFormat::kNative, quantised matrices go to
+// sink->QuantisedMatrix as they are; F16, BF16 and F32 ones are still FP16.
 absl::Status StreamLlamaWeights(const GgufFile& file, const ModelConfig& c, WeightSink* sink,
                                 const ProgressFn& progress = nullptr, int n_threads = 0,
-                                uint64_t* clamped = nullptr);
+                                uint64_t* clamped = nullptr,
+                                WeightFormat format = WeightFormat::kF16);
 
 // Bytes of the GGUF tensors StreamLlamaWeights reads (the progress total).
 uint64_t LlamaTensorBytes(const GgufFile& file);
 
-// A loaded model with host-resident FP16 weights.
+// A loaded model with host-resident weights: quantised matrices in their
+// blocks (kNative, the default) or FP16.
 class LlamaModel {
  public:
   // Loads every tensor; `progress` (optional) is called after each tensor.
   // `n_threads` parallelises dequantisation (<= 0: all hardware threads).
   static absl::StatusOr<std::unique_ptr<LlamaModel>> Load(
-      const GgufFile& file, const ProgressFn& progress = nullptr, int n_threads = 0);
+      const GgufFile& file, const ProgressFn& progress = nullptr, int n_threads = 0,
+      WeightFormat format = WeightFormat::kNative);
 
   const ModelConfig& config() const { return config_; }
 
-  MatrixF16 token_embd;                 // (n_vocab, n_embd)
+  WeightMatrix token_embd;              // (n_vocab, n_embd)
   std::vector<LayerWeights> layers;     // (n_layer)
   std::vector<float> output_norm;       // (n_embd)
-  MatrixF16 output;                     // (n_vocab, n_embd); empty when tied
+  WeightMatrix output;                  // (n_vocab, n_embd); empty when tied
   std::vector<float> rope_freqs;        // (n_rot / 2) or empty
 
-  const MatrixF16& lm_head() const { return config_.tied_output ? token_embd : output; }
-  // Bytes of FP16/FP32 weights held.
+  const WeightMatrix& lm_head() const { return config_.tied_output ? token_embd : output; }
+  // Bytes of weights held (FP16 values, quantised blocks, FP32 vectors).
   uint64_t weight_bytes() const;
   // Number of values clamped into FP16 range while loading (BF16/F32 only).
   uint64_t clamped_values() const { return clamped_; }

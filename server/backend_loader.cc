@@ -5,6 +5,7 @@
 #include "engine/cpu_backend.h"
 #include "engine/status.h"
 #include "persistent/host_decoder.h"
+#include "spdlog/spdlog.h"
 #if M40LLM_HAVE_CUDA
 #include "cuda/cuda_backend.h"
 #endif
@@ -23,12 +24,18 @@ absl::StatusOr<LoadedBackend> LoadBackend(const GgufFile& file, const BackendSpe
                                           const ProgressFn& progress) {
   LoadedBackend out;
   if (spec.kind == "cpu") {
-    ASSIGN_OR_RETURN(out.model, LlamaModel::Load(file, progress, spec.options.n_threads));
+    ASSIGN_OR_RETURN(out.model,
+                     LlamaModel::Load(file, progress, spec.options.n_threads, spec.weights));
     ASSIGN_OR_RETURN(auto cpu, CpuBackend::Create(out.model.get(), spec.options));
     out.weight_bytes = out.model->weight_bytes();
     out.backend = std::move(cpu);
   } else if (spec.kind == "cuda") {
 #if M40LLM_HAVE_CUDA
+    if (spec.weights == WeightFormat::kNative) {
+      spdlog::info(
+          "--weights native: the CUDA backend has no quantised kernels yet, so quantised "
+          "matrices are dequantised to FP16 at load (as --weights f16)");
+    }
     CudaBackendOptions o;
     o.base = spec.options;
     o.device = spec.device;

@@ -22,6 +22,9 @@ struct BackendSpec {
   int device = 0;            // CUDA device ordinal (cuda only)
   BackendOptions options;    // slots, context per slot, CPU threads
   int max_tokens_per_pass = 512;  // cuda: tokens per forward pass
+  // Quantised matrices in their blocks (cpu; cuda dequantises to FP16 for
+  // now and says so) or dequantised to FP16 at load.
+  WeightFormat weights = WeightFormat::kNative;
 };
 
 struct LoadedBackend {

@@ -187,6 +187,7 @@ absl::Status Start(const ServeOptions& o, Running* run) {
   spec.kind = o.backend;
   spec.device = o.device;
   spec.max_tokens_per_pass = o.max_tokens_per_pass;
+  ASSIGN_OR_RETURN(spec.weights, ParseWeightFormat(o.weights));
   spec.options.max_slots = o.max_batch;
   spec.options.ctx_per_slot =
       o.ctx_per_slot > 0 ? o.ctx_per_slot : std::min(c.n_ctx_train, 2048);

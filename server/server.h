@@ -22,6 +22,7 @@ struct ServeOptions {
   double drain_timeout_seconds = 30;            // wait for in-flight requests on SIGTERM
   int threads = 0;                              // CPU threads; 0: all cores
   std::string chat_template;                    // Chat's default: family name or file; empty: the model's
+  std::string weights = "native";               // "native" or "f16"
   std::string log_level = "info";
   std::string log_format = "text";  // "text" or "json"
 };

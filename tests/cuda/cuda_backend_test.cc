@@ -53,7 +53,8 @@ void MakePair(const RandomModelSpec& spec, int slots, int ctx, int tokens_per_pa
                            "_" + std::to_string(spec.n_embd) + ".gguf";
   M40_ASSERT_OK(WriteRandomLlama(spec, path));
   M40_ASSERT_OK_AND_ASSIGN(p->file, GgufFile::Open(path));
-  M40_ASSERT_OK_AND_ASSIGN(p->host, LlamaModel::Load(*p->file));
+  // FP16 weights, as the CUDA backend holds them, so both run the same values.
+  M40_ASSERT_OK_AND_ASSIGN(p->host, LlamaModel::Load(*p->file, nullptr, 0, WeightFormat::kF16));
   BackendOptions o;
   o.max_slots = slots;
   o.ctx_per_slot = ctx;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/demo_model.h"
+#include "engine/dequant.h"
 #include "engine/fp16.h"
 #include "engine/gguf.h"
 #include "engine/model.h"
@@ -18,16 +19,25 @@
 namespace m40llm {
 namespace {
 
-// Reads FP16 weights as doubles.
-double W(const MatrixF16& m, int64_t r, int64_t c) {
-  return HalfToFloat(m.data[static_cast<size_t>(r * m.cols + c)]);
+// Row r of a weight matrix as doubles: FP16 values, or quantised blocks
+// dequantised (the dequantiser is checked against llama.cpp's own output in
+// conformance_dequant_test).
+std::vector<double> Row(const WeightMatrix& m, int64_t r) {
+  std::vector<float> f(static_cast<size_t>(m.cols));
+  if (m.quantised()) {
+    EXPECT_TRUE(DequantizeToF32(m.type, m.blocks.data() + r * m.row_bytes, f.size(), f.data()).ok());
+  } else {
+    for (int64_t c = 0; c < m.cols; ++c) f[c] = HalfToFloat(m.data[static_cast<size_t>(r * m.cols + c)]);
+  }
+  return std::vector<double>(f.begin(), f.end());
 }
 
-// y = W x for a (rows, cols) FP16 matrix.
-std::vector<double> MatVec(const MatrixF16& m, const std::vector<double>& x) {
+// y = W x for a (rows, cols) matrix.
+std::vector<double> MatVec(const WeightMatrix& m, const std::vector<double>& x) {
   std::vector<double> y(m.rows, 0.0);
   for (int64_t r = 0; r < m.rows; ++r) {
-    for (int64_t c = 0; c < m.cols; ++c) y[r] += W(m, r, c) * x[c];
+    const std::vector<double> w = Row(m, r);
+    for (int64_t c = 0; c < m.cols; ++c) y[r] += w[c] * x[c];
   }
   return y;
 }
@@ -74,7 +84,7 @@ std::vector<std::vector<double>> NaiveForward(const LlamaModel& m, const std::ve
   const int hd = c.head_dim;
   std::vector<std::vector<double>> x(T, std::vector<double>(c.n_embd));
   for (int t = 0; t < T; ++t) {
-    for (int i = 0; i < c.n_embd; ++i) x[t][i] = W(m.token_embd, toks[t], i);
+    x[t] = Row(m.token_embd, toks[t]);
   }
   for (int l = 0; l < c.n_layer; ++l) {
     const LayerWeights& w = m.layers[l];
@@ -235,6 +245,42 @@ TEST(CpuBackend, MatchesNaiveQuantised) {
   RandomModelSpec s = SmallSpec();
   s.weight_type = GgmlType::kQ8_0;
   ExpectMatchesNaive(s, kNaiveTol);
+}
+
+// Every block type, held natively, against the same file dequantised to
+// FP16 at load: the same model up to FP16 rounding of the weights, in a
+// third of the memory or less; native weights are the file's own bytes.
+TEST(CpuBackend, NativeQuantisedWeightsAgreeWithF16Weights) {
+  for (GgmlType t : {GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1,
+                     GgmlType::kQ8_0, GgmlType::kQ2_K, GgmlType::kQ3_K, GgmlType::kQ4_K,
+                     GgmlType::kQ5_K, GgmlType::kQ6_K}) {
+    SCOPED_TRACE(TypeName(t));
+    RandomModelSpec spec = SmallSpec();
+    spec.n_embd = 256;  // K-quants need rows of 256
+    spec.n_ff = 512;
+    spec.n_head = 8;
+    spec.n_head_kv = 4;
+    spec.weight_type = t;
+    TestModel tm = MakeModel(spec);
+    ASSERT_NE(tm.model, nullptr);
+    EXPECT_TRUE(tm.model->layers[0].wq.quantised());
+    EXPECT_EQ(tm.model->layers[0].wq.blocks.size(), tm.file->FindTensor("blk.0.attn_q.weight")->n_bytes);
+    auto f16 = LlamaModel::Load(*tm.file, nullptr, 0, WeightFormat::kF16);
+    ASSERT_TRUE(f16.ok()) << f16.status();
+    EXPECT_FALSE((*f16)->layers[0].wq.quantised());
+    EXPECT_LT(3 * tm.model->weight_bytes(), 2 * (*f16)->weight_bytes());
+    BackendOptions o;
+    o.max_slots = 1;
+    o.ctx_per_slot = 16;
+    auto native = CpuBackend::Create(tm.model.get(), o);
+    auto half = CpuBackend::Create(f16->get(), o);
+    ASSERT_TRUE(native.ok() && half.ok());
+    const auto toks = RandomTokens(6, tm.model->config().n_vocab, 5);
+    const std::vector<float> a = RunChunk(**native, 0, 0, toks, true);
+    const std::vector<float> b = RunChunk(**half, 0, 0, toks, true);
+    ASSERT_EQ(a.size(), b.size());
+    EXPECT_LE(testing::RelL2(a.data(), b.data(), a.size()), 5e-3);
+  }
 }
 
 TEST(CpuBackend, DecodeAfterPrefillEqualsOnePrefill) {

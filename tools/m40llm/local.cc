@@ -27,6 +27,11 @@ void AddModelOpts(CLI::App* app, ModelOpts* o) {
   app->add_option("--device", o->device, "CUDA device ordinal (--backend cuda)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  app->add_option("--weights", o->weights,
+                  "native: quantised matrices stay in their blocks (cpu); f16: dequantised to "
+                  "FP16 at load")
+      ->check(CLI::IsMember({"native", "f16"}))
+      ->capture_default_str();
 }
 
 absl::StatusOr<std::unique_ptr<GgufFile>> OpenModelFile(const ModelOpts& o) {
@@ -46,6 +51,7 @@ absl::StatusOr<LoadedBackend> LoadEngine(const GgufFile& f, const ModelOpts& o, 
   BackendSpec spec;
   spec.kind = o.backend;
   spec.device = o.device;
+  ASSIGN_OR_RETURN(spec.weights, ParseWeightFormat(o.weights));
   spec.options.max_slots = 1;
   spec.options.n_threads = o.threads;
   spec.options.ctx_per_slot = o.ctx > 0 ? o.ctx : std::min(c.n_ctx_train, 4096);

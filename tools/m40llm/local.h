@@ -32,6 +32,7 @@ struct ModelOpts {
   int ctx = 0;
   std::string backend = "cpu";
   int device = 0;
+  std::string weights = "native";
 };
 
 void AddModelOpts(CLI::App* app, ModelOpts* o);

@@ -389,6 +389,12 @@ int Main(int argc, char** argv) {
       ->capture_default_str();
   s->add_option("-t,--threads", sv.threads, "CPU threads (default: all cores)")
       ->envname("M40LLM_THREADS");
+  s->add_option("--weights", sv.weights,
+                "native: quantised matrices stay in their blocks (cpu; cuda dequantises to FP16 "
+                "for now); f16: dequantised to FP16 at load")
+      ->envname("M40LLM_WEIGHTS")
+      ->check(CLI::IsMember({"native", "f16"}))
+      ->capture_default_str();
   s->add_option("--chat-template", sv.chat_template,
                 "Chat's template when a request names none: a family name (chatml, llama3, ...) "
                 "or a file holding a template's text (default: the model's own)")
