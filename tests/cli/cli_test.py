@@ -86,6 +86,10 @@ def unit(binary):
         assert ev["greedy"][0]["token"] == best, (ev["greedy"][0], best)
         assert ev["prompt_top1"][-1]["token"] == best
 
+        # --version: the version, the commit and what CUDA the build targets.
+        ver = run(binary, "--version").stdout
+        assert ver.startswith("m40llm ") and "commit " in ver and "CUDA" in ver, ver
+
         # Greedy generation is deterministic and reports speeds on stderr.
         a = run(binary, "generate", "-m", model, "-p", "the cat", "-n", "8", "--temperature", "0")
         b = run(binary, "generate", "-m", model, "-p", "the cat", "-n", "8", "--temperature", "0")

@@ -255,6 +255,9 @@ int RunInfo(const std::string& model) {
 int Main(int argc, char** argv) {
   CLI::App app{"m40llm: GGUF LLM inference for the Tesla M40 and newer GPUs"};
   app.require_subcommand(1);
+  app.set_version_flag("--version",
+                       "m40llm " M40LLM_VERSION " (commit " M40LLM_GIT_COMMIT "), " M40LLM_BUILD_CUDA,
+                       "print the version, the git commit and the CUDA build, and exit");
   std::string log_level = "warn";
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")
       ->capture_default_str();
