@@ -254,8 +254,13 @@ class SchedulerImpl final : public Scheduler {
   }
 
   void PushCommand(const Command& c) {
-    std::lock_guard<std::mutex> lock(cmd_mu_);
-    while (!rings_->commands.TryPush(c)) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    {
+      std::lock_guard<std::mutex> lock(cmd_mu_);
+      while (!rings_->commands.TryPush(c)) {
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
+    }
+    decoder_->Notify();
   }
 
   Command CancelCommand(const Request& r) {
@@ -569,7 +574,6 @@ class SchedulerImpl final : public Scheduler {
     uint32_t step = 0;
     int step_tokens = 0;
     double step_seconds = 0;
-    int idle = 0;
     SteadyTime last_deadline_check = Clock::now();
     for (;;) {
       Event e;
@@ -594,13 +598,17 @@ class SchedulerImpl final : public Scheduler {
         if (step_tokens > 0 && metrics_) metrics_->DecodeStep(step_tokens, step_seconds);
         step_tokens = 0;
         UpdateGauges();
-        idle = 0;
       } else if (decoder_done_) {
         return;
       } else {
-        ++idle;
-        if (idle > 32) std::this_thread::sleep_for(std::chrono::microseconds(100));
-        else std::this_thread::yield();
+        // Nothing to read: sleep until the decoder signals, waking every
+        // 5 ms for deadlines while requests are live, else every 100 ms.
+        bool live;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          live = !live_.empty();
+        }
+        decoder_->WaitForEvents(std::chrono::milliseconds(live ? 5 : 100));
       }
       const SteadyTime now = Clock::now();
       if (now - last_deadline_check > std::chrono::milliseconds(5)) {

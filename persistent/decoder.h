@@ -14,6 +14,7 @@
 // other decoder is diffed against. Built by server/backend_loader.h.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -68,6 +69,16 @@ class Decoder {
 
   // Progress so far; callable from any thread.
   virtual DecoderProgress progress() const = 0;
+
+  // The command producer calls this after pushing commands, so that a
+  // decoder that sleeps while idle wakes at once (one that polls the ring,
+  // like a GPU kernel, ignores it).
+  virtual void Notify() {}
+
+  // The event consumer's wait: returns once the event ring may hold events,
+  // or after `timeout`; it may return early. The default polls the ring
+  // with a backoff (spin, yield, then sleeps of 50 us).
+  virtual void WaitForEvents(std::chrono::milliseconds timeout);
 };
 
 }  // namespace m40llm

@@ -69,6 +69,7 @@ HostDecoder::~HostDecoder() {
     Command shutdown{};
     shutdown.op = CommandOp::kShutdown;
     rings_->commands.PushWait(shutdown, std::chrono::seconds(10));
+    Notify();
   }
   Join();
 }
@@ -112,11 +113,36 @@ DecoderProgress HostDecoder::progress() const {
   return p;
 }
 
+void HostDecoder::Notify() {
+  {
+    std::lock_guard<std::mutex> lock(wake_mu_);
+    wake_ = true;
+  }
+  wake_cv_.notify_one();
+}
+
+void HostDecoder::SignalEvents() {
+  if (!emitted_) return;
+  emitted_ = false;
+  {
+    std::lock_guard<std::mutex> lock(events_mu_);
+    events_ = true;
+  }
+  events_cv_.notify_all();
+}
+
+void HostDecoder::WaitForEvents(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(events_mu_);
+  events_cv_.wait_for(lock, timeout, [&] { return events_ || !rings_->events.Empty(); });
+  events_ = false;
+}
+
 void HostDecoder::Run() {
-  Backoff backoff;
   for (;;) {
     step_ns_ = 0;  // events of command handling belong to no step
-    if (!ApplyCommands()) {
+    const bool running = ApplyCommands();
+    SignalEvents();
+    if (!running) {
       active_ = 0;
       return;
     }
@@ -124,11 +150,16 @@ void HostDecoder::Run() {
         std::count_if(slots_.begin(), slots_.end(), [](const Slot& s) { return s.active; }));
     if (active_.exchange(n) == 0 && n > 0) last_step_end_ns_ = SteadyNs();  // busy from now
     if (n == 0) {
-      backoff.Wait();
+      // Idle: sleep until a command is pushed (Notify). The timeout only
+      // bounds the damage of a producer that forgets to notify.
+      std::unique_lock<std::mutex> lock(wake_mu_);
+      wake_cv_.wait_for(lock, std::chrono::milliseconds(100),
+                        [&] { return wake_ || !rings_->commands.Empty(); });
+      wake_ = false;
       continue;
     }
-    backoff.Reset();
     Step();
+    SignalEvents();
     ++steps_done_;
     last_step_end_ns_ = SteadyNs();
   }
@@ -187,8 +218,13 @@ void HostDecoder::Admit(const Command& c) {
 }
 
 void HostDecoder::Emit(const Event& e) {
+  emitted_ = true;
+  if (rings_->events.TryPush(e)) return;
+  // Backpressure, never overwrite: let the consumer at what is there.
+  SignalEvents();
+  emitted_ = true;
   Backoff backoff;
-  while (!rings_->events.TryPush(e)) backoff.Wait();  // backpressure, never overwrite
+  while (!rings_->events.TryPush(e)) backoff.Wait();
 }
 
 void HostDecoder::Finish(int slot, FinishReason reason) {

@@ -24,6 +24,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -57,6 +58,12 @@ class HostDecoder final : public Decoder {
   void Join() override;
   absl::Status health() const override { return backend_->health(); }
   DecoderProgress progress() const override;
+  // Wakes the idle decoder thread: it sleeps on a condition variable while
+  // it holds no sequence, instead of polling.
+  void Notify() override;
+  // Sleeps until the decoder has emitted events (it signals once per step
+  // and per batch of commands), or `timeout`.
+  void WaitForEvents(std::chrono::milliseconds timeout) override;
 
  private:
   struct Slot {
@@ -79,6 +86,8 @@ class HostDecoder final : public Decoder {
   void Deliver(int slot, int32_t token, float logprob, const EventLogprob* top, int n_top,
                int32_t pos, int32_t step);
   void Emit(const Event& e);
+  // Wakes a WaitForEvents caller after a batch of Emits.
+  void SignalEvents();
   void Finish(int slot, FinishReason reason);
   int32_t* History(int slot) { return history_.data() + static_cast<size_t>(slot) * opts_.ctx_per_slot; }
 
@@ -97,6 +106,13 @@ class HostDecoder final : public Decoder {
   std::atomic<uint64_t> steps_done_{0};
   std::atomic<int> active_{0};
   std::atomic<int64_t> last_step_end_ns_{0};  // steady clock
+  std::mutex wake_mu_;  // commands pushed: wake_ set, wake_cv_ notified
+  std::condition_variable wake_cv_;
+  bool wake_ = false;
+  std::mutex events_mu_;  // events emitted: events_ set, events_cv_ notified
+  std::condition_variable events_cv_;
+  bool events_ = false;
+  bool emitted_ = false;  // decoder thread: Emits since the last SignalEvents
   std::mutex start_mu_;
   bool started_ = false;
   std::thread thread_;

@@ -78,6 +78,9 @@ struct Stream {
   FinishReason reason = FinishReason::kNone;
   int32_t stop_token = -1;         // kStop: the token that stopped it
   bool finished = false;
+  // Harness only: the index, among all events read, of this sequence's
+  // first event and of its finish.
+  int64_t first_event = -1, finish_event = -1;
 };
 
 // The protocol's termination rule, restated here from persistent/protocol.h
@@ -257,6 +260,7 @@ class DecoderHarness {
   void Push(const Command& c) {
     ASSERT_TRUE(decoder_->rings()->commands.PushWait(c, std::chrono::seconds(30)))
         << "the command ring stayed full for 30 s";
+    decoder_->Notify();  // the producer's part of the protocol
   }
 
   // The per-sequence order the protocol promises.
@@ -269,6 +273,8 @@ class DecoderHarness {
     ASSERT_NE(it, seqs_.end()) << "event for unknown sequence " << e.seq_id;
     Seq& q = it->second;
     Stream& s = q.stream;
+    const int64_t index = events_read_++;
+    if (s.first_event < 0) s.first_event = index;
     EXPECT_EQ(e.slot, q.slot) << "sequence " << e.seq_id;
     if (s.finished) {
       ++events_after_finish_;
@@ -289,6 +295,7 @@ class DecoderHarness {
       return;
     }
     s.finished = true;
+    s.finish_event = index;
     s.reason = e.reason;
     if (e.reason == FinishReason::kStop) {
       EXPECT_EQ(e.step, step) << "sequence " << e.seq_id << ": the stop token's step";
@@ -303,6 +310,7 @@ class DecoderHarness {
   std::map<uint64_t, Seq> seqs_;
   uint64_t next_seq_ = 1000;
   uint32_t last_decode_step_ = 0;
+  int64_t events_read_ = 0;
   int events_after_finish_ = 0;
   bool shut_down_ = false;
 };
@@ -573,7 +581,8 @@ TEST_P(DecoderConformance, AnInvalidAdmitGetsAnErrorAndChangesNothing) {
   s.ignore_eos = true;
   const Stream want = Ref(s);
   // The bad admits follow at once, while the sequence has most of its 100
-  // steps to go, so slot 2 is busy when the decoder reads them.
+  // steps to go, so slot 2 is almost surely busy when the decoder reads the
+  // second admit for it.
   const uint64_t seq = h.Admit(2, s);
   const SampleResult first{1, -1.0f, {}};
   // Into the busy slot, a slot out of range, and past the context.
@@ -583,13 +592,23 @@ TEST_P(DecoderConformance, AnInvalidAdmitGetsAnErrorAndChangesNothing) {
   SeqSpec zero = s;
   zero.max_tokens = 0;
   const uint64_t no_tokens = h.AdmitRaw(1, zero, first, 3);
-  for (uint64_t bad : {busy, out_of_range, past_ctx, no_tokens}) {
+  for (uint64_t bad : {out_of_range, past_ctx, no_tokens}) {
     ASSERT_TRUE(h.WaitFinished(bad));
     EXPECT_EQ(h.stream(bad).reason, FinishReason::kError) << bad;
     EXPECT_TRUE(h.stream(bad).tokens.empty()) << bad;
   }
   ASSERT_TRUE(h.WaitFinished(seq));
+  ASSERT_TRUE(h.WaitFinished(busy));
   ExpectSameStream(h.stream(seq), want, "the sequence in the busy slot");
+  if (h.stream(busy).first_event < h.stream(seq).finish_event) {
+    // Read while the slot was busy: refused.
+    EXPECT_EQ(h.stream(busy).reason, FinishReason::kError);
+    EXPECT_TRUE(h.stream(busy).tokens.empty());
+  } else {
+    // The first sequence had ended (a descheduled test thread): a valid
+    // admit into a free slot, which runs.
+    EXPECT_NE(h.stream(busy).reason, FinishReason::kError);
+  }
 }
 
 TEST_P(DecoderConformance, ShutdownCancelsEveryActiveSlot) {

@@ -118,15 +118,17 @@ TEST(HostDecoder, AFailedStepEndsTheActiveSequencesWithErrorAndTheDecoderGoesOn)
   s.params.temperature = 0.0f;
   s.max_tokens = 50;
   s.ignore_eos = true;
-  const uint64_t a = h.Admit(0, s), b = h.Admit(3, s);
-  ASSERT_TRUE(h.WaitTokens(a, 2));
-  ASSERT_TRUE(h.WaitTokens(b, 2));
+  // Failing from the first decode step: both report their first token (it
+  // came from prefill), then end with kError.
   m->failing->fail = true;
+  const uint64_t a = h.Admit(0, s), b = h.Admit(3, s);
   ASSERT_TRUE(h.WaitFinished(a));
   ASSERT_TRUE(h.WaitFinished(b));
   m->failing->fail = false;
   EXPECT_EQ(h.stream(a).reason, FinishReason::kError);
   EXPECT_EQ(h.stream(b).reason, FinishReason::kError);
+  EXPECT_EQ(h.stream(a).tokens.size(), 1u);
+  EXPECT_EQ(h.stream(b).tokens.size(), 1u);
   // The slots are free and the decoder still serves.
   s.max_tokens = 6;
   const uint64_t c = h.Admit(0, s);
@@ -166,6 +168,7 @@ TEST(HostDecoder, ReportsItsProgress) {
   c.sampling.max_tokens = 9;
   c.sampling.ignore_eos = 1;
   ASSERT_TRUE((*d)->rings()->commands.PushWait(c, std::chrono::seconds(10)));
+  (*d)->Notify();
   Event e{};
   int tokens = 0;
   while ((*d)->rings()->events.PopWait(&e, std::chrono::seconds(10)) &&
@@ -178,6 +181,7 @@ TEST(HostDecoder, ReportsItsProgress) {
   Command stop{};
   stop.op = CommandOp::kShutdown;
   ASSERT_TRUE((*d)->rings()->commands.PushWait(stop, std::chrono::seconds(10)));
+  (*d)->Notify();
   (*d)->Join();
   EXPECT_EQ((*d)->progress().active_slots, 0);
   EXPECT_EQ((*d)->progress().seconds_since_step, 0.0);
