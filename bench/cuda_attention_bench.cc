@@ -148,14 +148,42 @@ int Main(int argc, char** argv) {
       }
 
       auto prefill = [&] {
-        return gpu::LaunchPrefillAttention(q, c.n_tok, m.n_head, m.n_head_kv, m.head_dim, d_cslot,
-                                           d_cpos, d_clen, d_crow, 1, c.n_tok, ctx, k, v, 1, ctx,
-                                           out_pf, nullptr);
+        return gpu::LaunchPrefillAttention({.q = q,
+                                            .n_tok = c.n_tok,
+                                            .n_head = m.n_head,
+                                            .n_head_kv = m.n_head_kv,
+                                            .head_dim = m.head_dim,
+                                            .chunk_slot = d_cslot,
+                                            .chunk_pos = d_cpos,
+                                            .chunk_len = d_clen,
+                                            .chunk_row = d_crow,
+                                            .n_chunks = 1,
+                                            .max_chunk_len = c.n_tok,
+                                            .max_context = ctx,
+                                            .k_cache = k,
+                                            .v_cache = v,
+                                            .max_slots = 1,
+                                            .ctx_per_slot = ctx,
+                                            .out = out_pf},
+                                           nullptr);
       };
       auto decode = [&] {
-        return gpu::LaunchDecodeAttention(q, c.n_tok, m.n_head, d_slots, d_lengths, ctx,
-                                          m.n_head_kv, m.head_dim, k, v, 1, ctx, ws, ws_bytes,
-                                          out_dec, nullptr);
+        return gpu::LaunchDecodeAttention({.q = q,
+                                           .n_seq = c.n_tok,
+                                           .n_head = m.n_head,
+                                           .slots = d_slots,
+                                           .lengths = d_lengths,
+                                           .max_len = ctx,
+                                           .n_head_kv = m.n_head_kv,
+                                           .head_dim = m.head_dim,
+                                           .k_cache = k,
+                                           .v_cache = v,
+                                           .max_slots = 1,
+                                           .ctx_per_slot = ctx,
+                                           .workspace = ws,
+                                           .workspace_bytes = ws_bytes,
+                                           .out = out_dec},
+                                          nullptr);
       };
       BENCH_CHECK_OK(prefill());
       BENCH_CHECK_OK(decode());

@@ -153,59 +153,57 @@ int DecodeAttentionFixedSplitLen(int ctx_per_slot) {
   return static_cast<int>(std::max<int64_t>(kMinSplitLen, CeilDiv(per_split, kTile) * kTile));
 }
 
-absl::Status LaunchDecodeAttention(const float* q, int n_seq, int n_head, const int32_t* slots,
-                                   const int32_t* lengths, int max_len, int n_head_kv, int head_dim,
-                                   const uint16_t* k_cache, const uint16_t* v_cache, int max_slots,
-                                   int ctx_per_slot, void* workspace, size_t workspace_bytes,
-                                   float* out, cudaStream_t stream, int fixed_split_len,
-                                   int64_t q_row_stride) {
-  if (n_seq < 0) return absl::InvalidArgumentError("LaunchDecodeAttention: negative n_seq");
-  if (n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv != 0) {
+absl::Status LaunchDecodeAttention(const DecodeAttentionArgs& args, cudaStream_t stream) {
+  size_t workspace_bytes = args.workspace_bytes;
+  if (args.n_seq < 0) return absl::InvalidArgumentError("LaunchDecodeAttention: negative n_seq");
+  if (args.n_head <= 0 || args.n_head_kv <= 0 || args.n_head % args.n_head_kv != 0) {
     return absl::InvalidArgumentError(
         "LaunchDecodeAttention: n_head must be a positive multiple of n_head_kv");
   }
-  if (head_dim < kAttentionHeadDimAlign || head_dim > kAttentionMaxHeadDim ||
-      head_dim % kAttentionHeadDimAlign != 0) {
+  if (args.head_dim < kAttentionHeadDimAlign || args.head_dim > kAttentionMaxHeadDim ||
+      args.head_dim % kAttentionHeadDimAlign != 0) {
     return absl::InvalidArgumentError(
         "LaunchDecodeAttention: head_dim must be a multiple of 8 in [8, 256]");
   }
-  if (max_slots <= 0 || ctx_per_slot <= 0) {
+  if (args.max_slots <= 0 || args.ctx_per_slot <= 0) {
     return absl::InvalidArgumentError(
         "LaunchDecodeAttention: max_slots and ctx_per_slot must be positive");
   }
-  if (static_cast<double>(max_slots) * n_head_kv * ctx_per_slot * head_dim >= 9.0e18) {
+  if (static_cast<double>(args.max_slots) * args.n_head_kv * args.ctx_per_slot * args.head_dim >=
+      9.0e18) {
     return absl::InvalidArgumentError("LaunchDecodeAttention: cache shape exceeds int64 indexing");
   }
-  if (n_seq > 65535) {
+  if (args.n_seq > 65535) {
     return absl::InvalidArgumentError("LaunchDecodeAttention: n_seq exceeds 65535 (grid z)");
   }
-  if (q_row_stride != 0 && q_row_stride < static_cast<int64_t>(n_head) * head_dim) {
+  if (args.q_row_stride != 0 &&
+      args.q_row_stride < static_cast<int64_t>(args.n_head) * args.head_dim) {
     return absl::InvalidArgumentError(
         "LaunchDecodeAttention: q_row_stride must be 0 or at least n_head * head_dim");
   }
-  if (n_seq == 0) return absl::OkStatus();
-  if (max_len < 1 || max_len > ctx_per_slot) {
+  if (args.n_seq == 0) return absl::OkStatus();
+  if (args.max_len < 1 || args.max_len > args.ctx_per_slot) {
     return absl::InvalidArgumentError(
         "LaunchDecodeAttention: max_len must be in [1, ctx_per_slot]");
   }
-  if (q == nullptr || slots == nullptr || lengths == nullptr || k_cache == nullptr ||
-      v_cache == nullptr || out == nullptr) {
+  if (args.q == nullptr || args.slots == nullptr || args.lengths == nullptr ||
+      args.k_cache == nullptr || args.v_cache == nullptr || args.out == nullptr) {
     return absl::InvalidArgumentError("LaunchDecodeAttention: null pointer");
   }
-  if (reinterpret_cast<uintptr_t>(k_cache) % 16 != 0 ||
-      reinterpret_cast<uintptr_t>(v_cache) % 16 != 0) {
+  if (reinterpret_cast<uintptr_t>(args.k_cache) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(args.v_cache) % 16 != 0) {
     return absl::InvalidArgumentError("LaunchDecodeAttention: caches must be 16-byte aligned");
   }
-  if (workspace == nullptr) workspace_bytes = 0;
-  if (reinterpret_cast<uintptr_t>(workspace) % alignof(float) != 0) {
+  if (args.workspace == nullptr) workspace_bytes = 0;
+  if (reinterpret_cast<uintptr_t>(args.workspace) % alignof(float) != 0) {
     return absl::InvalidArgumentError("LaunchDecodeAttention: workspace must be 4-byte aligned");
   }
 
-  const int group = n_head / n_head_kv;
+  const int group = args.n_head / args.n_head_kv;
   const int heads_per_block = group == 1 ? 1 : group == 2 ? 2 : group <= 4 ? 4 : 8;
   const int64_t base_blocks =
-      static_cast<int64_t>(n_seq) * n_head_kv * CeilDiv(group, heads_per_block);
-  if (base_blocks / n_seq > INT_MAX) {
+      static_cast<int64_t>(args.n_seq) * args.n_head_kv * CeilDiv(group, heads_per_block);
+  if (base_blocks / args.n_seq > INT_MAX) {
     return absl::InvalidArgumentError("LaunchDecodeAttention: too many heads for the grid");
   }
   int device = 0;
@@ -214,52 +212,54 @@ absl::Status LaunchDecodeAttention(const float* q, int n_seq, int n_head, const 
   CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
 
   KernelArgs a{};
-  a.q = q;
-  a.q_stride = q_row_stride > 0 ? q_row_stride : static_cast<int64_t>(n_head) * head_dim;
-  a.slots = slots;
-  a.lengths = lengths;
-  a.k_cache = k_cache;
-  a.v_cache = v_cache;
-  a.max_len = max_len;
-  a.n_head = n_head;
-  a.n_head_kv = n_head_kv;
-  a.head_dim = head_dim;
-  a.max_slots = max_slots;
-  a.ctx_per_slot = ctx_per_slot;
+  a.q = args.q;
+  a.q_stride =
+      args.q_row_stride > 0 ? args.q_row_stride : static_cast<int64_t>(args.n_head) * args.head_dim;
+  a.slots = args.slots;
+  a.lengths = args.lengths;
+  a.k_cache = args.k_cache;
+  a.v_cache = args.v_cache;
+  a.max_len = args.max_len;
+  a.n_head = args.n_head;
+  a.n_head_kv = args.n_head_kv;
+  a.head_dim = args.head_dim;
+  a.max_slots = args.max_slots;
+  a.ctx_per_slot = args.ctx_per_slot;
   a.group = group;
-  if (fixed_split_len > 0) {
-    if (fixed_split_len % kTile != 0) {
+  if (args.fixed_split_len > 0) {
+    if (args.fixed_split_len % kTile != 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           "LaunchDecodeAttention: fixed_split_len must be a multiple of ", kTile));
     }
-    a.plan.split_len = fixed_split_len;
-    a.plan.n_splits = static_cast<int>(CeilDiv(max_len, fixed_split_len));
+    a.plan.split_len = args.fixed_split_len;
+    a.plan.n_splits = static_cast<int>(CeilDiv(args.max_len, args.fixed_split_len));
     if (a.plan.n_splits > kMaxSplits ||
         (a.plan.n_splits > 1 &&
          static_cast<int64_t>(workspace_bytes) <
-             BytesPerSplit(n_seq, n_head, head_dim) * a.plan.n_splits)) {
+             BytesPerSplit(args.n_seq, args.n_head, args.head_dim) * a.plan.n_splits)) {
       return absl::InvalidArgumentError(
           "LaunchDecodeAttention: fixed_split_len leaves more splits than the merge or the "
           "workspace can take");
     }
   } else {
-    a.plan =
-        PlanSplits(base_blocks, sm_count, max_len, n_seq, n_head, head_dim, workspace_bytes);
+    a.plan = PlanSplits(base_blocks, sm_count, args.max_len, args.n_seq, args.n_head, args.head_dim,
+                        workspace_bytes);
   }
   // As the CPU engine computes it.
-  a.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  a.out = out;
-  a.n_seq = n_seq;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(args.head_dim));
+  a.out = args.out;
+  a.n_seq = args.n_seq;
   if (a.plan.n_splits > 1) {
     // part_o then part_ml; PlanSplits kept them within workspace_bytes.
-    a.part_o = static_cast<float*>(workspace);
-    a.part_ml = a.part_o + static_cast<int64_t>(n_seq) * n_head * a.plan.n_splits * head_dim;
+    a.part_o = static_cast<float*>(args.workspace);
+    a.part_ml =
+        a.part_o + static_cast<int64_t>(args.n_seq) * args.n_head * a.plan.n_splits * args.head_dim;
   } else {
     a.part_o = nullptr;
     a.part_ml = nullptr;
   }
 
-  const int lanes = head_dim / 8;  // lanes that hold a row's dims
+  const int lanes = args.head_dim / 8;  // lanes that hold a row's dims
   if (lanes <= 4) {
     LaunchForHeads<4>(heads_per_block, a, stream);
   } else if (lanes <= 8) {
@@ -272,10 +272,10 @@ absl::Status LaunchDecodeAttention(const float* q, int n_seq, int n_head, const 
   CUDA_RETURN_IF_LAUNCH_ERROR();
   if (a.plan.n_splits > 1) {
     constexpr int kMergeBlock = 128;
-    const dim3 grid(static_cast<unsigned int>(n_head), static_cast<unsigned int>(n_seq));
+    const dim3 grid(static_cast<unsigned int>(args.n_head), static_cast<unsigned int>(args.n_seq));
     DecodeAttentionMergeKernel<kMergeBlock><<<grid, kMergeBlock, 0, stream>>>(
-        slots, lengths, max_len, max_slots, n_head, head_dim, a.plan.split_len, a.plan.n_splits,
-        a.part_o, a.part_ml, out);
+        args.slots, args.lengths, args.max_len, args.max_slots, args.n_head, args.head_dim,
+        a.plan.split_len, a.plan.n_splits, a.part_o, a.part_ml, args.out);
     CUDA_RETURN_IF_LAUNCH_ERROR();
   }
   return absl::OkStatus();

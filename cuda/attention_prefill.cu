@@ -43,19 +43,8 @@ __global__ void __launch_bounds__(kThreads, 2)
       q_scale, out, shared);
 }
 
-struct Args {
-  const float* q;
-  int64_t n_tok;
-  int n_head, n_head_kv, head_dim;
-  const int32_t *slot, *pos, *len, *row;
-  int n_chunks, max_chunk_len, max_context;
-  const uint16_t *k_cache, *v_cache;
-  int max_slots, ctx_per_slot;
-  float* out;
-};
-
 template <int kD>
-absl::Status Launch(const Args& a, cudaStream_t stream) {
+absl::Status Launch(const PrefillAttentionArgs& a, cudaStream_t stream) {
   constexpr int kM = PrefillConfig<kD>::kM;
   const int group = a.n_head / a.n_head_kv;
   const int hq = group < kM ? group : kM;
@@ -75,9 +64,9 @@ absl::Status Launch(const Args& a, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned int>(grid_x), static_cast<unsigned int>(grid_y),
                   static_cast<unsigned int>(a.n_chunks));
   PrefillAttentionKernel<kD><<<grid, kThreads, 0, stream>>>(
-      a.q, a.slot, a.pos, a.len, a.row, a.k_cache, a.v_cache, a.n_tok, a.n_head, a.n_head_kv,
-      a.head_dim, group, hq, tq, head_tiles, a.max_chunk_len, a.max_context, a.max_slots,
-      a.ctx_per_slot, q_scale, a.out);
+      a.q, a.chunk_slot, a.chunk_pos, a.chunk_len, a.chunk_row, a.k_cache, a.v_cache, a.n_tok,
+      a.n_head, a.n_head_kv, a.head_dim, group, hq, tq, head_tiles, a.max_chunk_len, a.max_context,
+      a.max_slots, a.ctx_per_slot, q_scale, a.out);
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();
 }
@@ -86,75 +75,54 @@ bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 }  // namespace
 
-absl::Status LaunchPrefillAttention(const float* q, int64_t n_tok, int n_head, int n_head_kv,
-                                    int head_dim, const int32_t* chunk_slot,
-                                    const int32_t* chunk_pos, const int32_t* chunk_len,
-                                    const int32_t* chunk_row, int n_chunks, int max_chunk_len,
-                                    int max_context, const uint16_t* k_cache,
-                                    const uint16_t* v_cache, int max_slots, int ctx_per_slot,
-                                    float* out, cudaStream_t stream) {
-  if (n_tok < 0 || n_chunks < 0) {
+absl::Status LaunchPrefillAttention(const PrefillAttentionArgs& args, cudaStream_t stream) {
+  if (args.n_tok < 0 || args.n_chunks < 0) {
     return absl::InvalidArgumentError("LaunchPrefillAttention: negative n_tok or n_chunks");
   }
-  if (n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv != 0) {
+  if (args.n_head <= 0 || args.n_head_kv <= 0 || args.n_head % args.n_head_kv != 0) {
     return absl::InvalidArgumentError(
         "LaunchPrefillAttention: n_head must be a positive multiple of n_head_kv");
   }
-  if (head_dim < kMinHeadDim || head_dim > kMaxHeadDim || head_dim % 8 != 0) {
+  if (args.head_dim < kMinHeadDim || args.head_dim > kMaxHeadDim || args.head_dim % 8 != 0) {
     return absl::InvalidArgumentError(
         "LaunchPrefillAttention: head_dim must be a multiple of 8 in [8, 256]");
   }
-  if (max_slots <= 0 || ctx_per_slot <= 0) {
+  if (args.max_slots <= 0 || args.ctx_per_slot <= 0) {
     return absl::InvalidArgumentError(
         "LaunchPrefillAttention: max_slots and ctx_per_slot must be positive");
   }
-  if (static_cast<double>(max_slots) * n_head_kv * ctx_per_slot * head_dim >= 9.0e18 ||
-      static_cast<double>(n_tok) * n_head * head_dim >= 9.0e18) {
+  if (static_cast<double>(args.max_slots) * args.n_head_kv * args.ctx_per_slot * args.head_dim >=
+          9.0e18 ||
+      static_cast<double>(args.n_tok) * args.n_head * args.head_dim >= 9.0e18) {
     return absl::InvalidArgumentError(
         "LaunchPrefillAttention: tensor shape exceeds int64 indexing");
   }
-  if (n_chunks > 65535) {
+  if (args.n_chunks > 65535) {
     return absl::InvalidArgumentError("LaunchPrefillAttention: n_chunks exceeds 65535 (grid z)");
   }
-  if (max_chunk_len < 0 || max_chunk_len > n_tok) {
+  if (args.max_chunk_len < 0 || args.max_chunk_len > args.n_tok) {
     return absl::InvalidArgumentError(
         "LaunchPrefillAttention: max_chunk_len must be in [0, n_tok]");
   }
-  if (max_context < 1 || max_context > ctx_per_slot) {
+  if (args.max_context < 1 || args.max_context > args.ctx_per_slot) {
     return absl::InvalidArgumentError(
         "LaunchPrefillAttention: max_context must be in [1, ctx_per_slot]");
   }
-  if (n_chunks == 0 || n_tok == 0) return absl::OkStatus();  // no rows to write
-  if (q == nullptr || chunk_slot == nullptr || chunk_pos == nullptr || chunk_len == nullptr ||
-      chunk_row == nullptr || k_cache == nullptr || v_cache == nullptr || out == nullptr) {
+  if (args.n_chunks == 0 || args.n_tok == 0) return absl::OkStatus();  // no rows to write
+  if (args.q == nullptr || args.chunk_slot == nullptr || args.chunk_pos == nullptr ||
+      args.chunk_len == nullptr || args.chunk_row == nullptr || args.k_cache == nullptr ||
+      args.v_cache == nullptr || args.out == nullptr) {
     return absl::InvalidArgumentError("LaunchPrefillAttention: null pointer");
   }
-  if (!Aligned16(q) || !Aligned16(out) || !Aligned16(k_cache) || !Aligned16(v_cache)) {
+  if (!Aligned16(args.q) || !Aligned16(args.out) || !Aligned16(args.k_cache) ||
+      !Aligned16(args.v_cache)) {
     return absl::InvalidArgumentError(
         "LaunchPrefillAttention: q, out and the caches must be 16-byte aligned");
   }
-  Args a{};
-  a.q = q;
-  a.n_tok = n_tok;
-  a.n_head = n_head;
-  a.n_head_kv = n_head_kv;
-  a.head_dim = head_dim;
-  a.slot = chunk_slot;
-  a.pos = chunk_pos;
-  a.len = chunk_len;
-  a.row = chunk_row;
-  a.n_chunks = n_chunks;
-  a.max_chunk_len = max_chunk_len;
-  a.max_context = max_context;
-  a.k_cache = k_cache;
-  a.v_cache = v_cache;
-  a.max_slots = max_slots;
-  a.ctx_per_slot = ctx_per_slot;
-  a.out = out;
-  if (head_dim <= 32) return Launch<32>(a, stream);
-  if (head_dim <= 64) return Launch<64>(a, stream);
-  if (head_dim <= 128) return Launch<128>(a, stream);
-  return Launch<256>(a, stream);
+  if (args.head_dim <= 32) return Launch<32>(args, stream);
+  if (args.head_dim <= 64) return Launch<64>(args, stream);
+  if (args.head_dim <= 128) return Launch<128>(args, stream);
+  return Launch<256>(args, stream);
 }
 
 }  // namespace m40llm::gpu

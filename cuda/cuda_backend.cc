@@ -607,13 +607,19 @@ absl::Status EnqueueSample(const ModelConfig& c, int ctx_per_slot, PassContext& 
                            cudaStream_t st) {
   const SampleLayout L(ctx_per_slot);
   const uint8_t* d = p.sample_in.get();
-  return gpu::LaunchSample(
-      p.logits, m, c.n_vocab, reinterpret_cast<const SamplingParams*>(d + L.params),
-      reinterpret_cast<const int32_t*>(d + L.hist), L.H,
-      reinterpret_cast<const int32_t*>(d + L.hist_len),
-      reinterpret_cast<const uint64_t*>(d + L.streams),
-      reinterpret_cast<const int32_t*>(d + L.steps), p.sample_ws.get(), p.sample_ws.bytes(),
-      p.sample_out.get(), st);
+  return gpu::LaunchSample({.logits = p.logits,
+                            .n_seq = m,
+                            .n_vocab = c.n_vocab,
+                            .params = reinterpret_cast<const SamplingParams*>(d + L.params),
+                            .history = reinterpret_cast<const int32_t*>(d + L.hist),
+                            .hist_stride = L.H,
+                            .hist_len = reinterpret_cast<const int32_t*>(d + L.hist_len),
+                            .streams = reinterpret_cast<const uint64_t*>(d + L.streams),
+                            .steps = reinterpret_cast<const int32_t*>(d + L.steps),
+                            .workspace = p.sample_ws.get(),
+                            .workspace_bytes = p.sample_ws.bytes(),
+                            .out = p.sample_out.get()},
+                           st);
 }
 
 absl::Status FetchSamples(PassContext& p, int m, cudaStream_t st, SampleResult* out) {
@@ -842,20 +848,58 @@ absl::Status CudaBackend::Run(std::span<const SeqChunk> batch, std::span<const S
           RETURN_IF_ERROR(gpu::LaunchRope(q, n, c.n_head, c.head_dim, q_stride, d_pos, rope, st));
           RETURN_IF_ERROR(
               gpu::LaunchRope(k, n, c.n_head_kv, c.head_dim, kv_stride, d_pos, rope, st));
-          RETURN_IF_ERROR(gpu::LaunchKvAppend(k, v, n, d_slot, d_pos, c.n_head_kv, c.head_dim, kc,
-                                              vc, opts_.base.max_slots, opts_.base.ctx_per_slot,
-                                              st, kv_stride));
+          RETURN_IF_ERROR(gpu::LaunchKvAppend({.k = k,
+                                               .v = v,
+                                               .n_tok = n,
+                                               .slots = d_slot,
+                                               .positions = d_pos,
+                                               .n_head_kv = c.n_head_kv,
+                                               .head_dim = c.head_dim,
+                                               .k_cache = kc,
+                                               .v_cache = vc,
+                                               .max_slots = opts_.base.max_slots,
+                                               .ctx_per_slot = opts_.base.ctx_per_slot,
+                                               .row_stride = kv_stride},
+                                              st));
           if (prefill_attention) {
-            RETURN_IF_ERROR(gpu::LaunchPrefillAttention(
-                q, n, c.n_head, c.n_head_kv, c.head_dim, d_chunks, d_chunks + n, d_chunks + 2 * n,
-                d_chunks + 3 * n, n_chunks, max_chunk, max_ctx, kc, vc, opts_.base.max_slots,
-                opts_.base.ctx_per_slot, p->att, st));
+            RETURN_IF_ERROR(gpu::LaunchPrefillAttention({.q = q,
+                                                         .n_tok = n,
+                                                         .n_head = c.n_head,
+                                                         .n_head_kv = c.n_head_kv,
+                                                         .head_dim = c.head_dim,
+                                                         .chunk_slot = d_chunks,
+                                                         .chunk_pos = d_chunks + n,
+                                                         .chunk_len = d_chunks + 2 * n,
+                                                         .chunk_row = d_chunks + 3 * n,
+                                                         .n_chunks = n_chunks,
+                                                         .max_chunk_len = max_chunk,
+                                                         .max_context = max_ctx,
+                                                         .k_cache = kc,
+                                                         .v_cache = vc,
+                                                         .max_slots = opts_.base.max_slots,
+                                                         .ctx_per_slot = opts_.base.ctx_per_slot,
+                                                         .out = p->att},
+                                                        st));
           } else {
             RETURN_IF_ERROR(gpu::LaunchDecodeAttention(
-                q, static_cast<int>(n), c.n_head, d_slot, d_len, attn_max_len, c.n_head_kv,
-                c.head_dim, kc, vc, opts_.base.max_slots, opts_.base.ctx_per_slot,
-                p->attn_ws.get(), p->attn_ws.bytes(), p->att, st,
-                gpu::DecodeAttentionFixedSplitLen(opts_.base.ctx_per_slot), q_stride));
+                {.q = q,
+                 .n_seq = static_cast<int>(n),
+                 .n_head = c.n_head,
+                 .slots = d_slot,
+                 .lengths = d_len,
+                 .max_len = attn_max_len,
+                 .n_head_kv = c.n_head_kv,
+                 .head_dim = c.head_dim,
+                 .k_cache = kc,
+                 .v_cache = vc,
+                 .max_slots = opts_.base.max_slots,
+                 .ctx_per_slot = opts_.base.ctx_per_slot,
+                 .workspace = p->attn_ws.get(),
+                 .workspace_bytes = p->attn_ws.bytes(),
+                 .out = p->att,
+                 .fixed_split_len = gpu::DecodeAttentionFixedSplitLen(opts_.base.ctx_per_slot),
+                 .q_row_stride = q_stride},
+                st));
           }
           RETURN_IF_ERROR(MatMul(product, w.wo, p->att, n, p->proj, st));
           pending = true;

@@ -29,47 +29,47 @@ bool Aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t
 
 }  // namespace
 
-absl::Status LaunchKvAppend(const float* k, const float* v, int64_t n_tok, const int32_t* slots,
-                            const int32_t* positions, int n_head_kv, int head_dim,
-                            uint16_t* k_cache, uint16_t* v_cache, int max_slots, int ctx_per_slot,
-                            cudaStream_t stream, int64_t row_stride) {
-  if (n_tok < 0) return absl::InvalidArgumentError("LaunchKvAppend: negative n_tok");
-  if (n_head_kv <= 0 || head_dim <= 0 || max_slots <= 0 || ctx_per_slot <= 0) {
+absl::Status LaunchKvAppend(const KvAppendArgs& args, cudaStream_t stream) {
+  int64_t row_stride = args.row_stride;
+  if (args.n_tok < 0) return absl::InvalidArgumentError("LaunchKvAppend: negative n_tok");
+  if (args.n_head_kv <= 0 || args.head_dim <= 0 || args.max_slots <= 0 || args.ctx_per_slot <= 0) {
     return absl::InvalidArgumentError(
         "LaunchKvAppend: n_head_kv, head_dim, max_slots and ctx_per_slot must be positive");
   }
-  if (static_cast<int64_t>(n_head_kv) * head_dim > INT_MAX) {
+  if (static_cast<int64_t>(args.n_head_kv) * args.head_dim > INT_MAX) {
     return absl::InvalidArgumentError("LaunchKvAppend: n_head_kv * head_dim exceeds int32");
   }
   // Cache indices are int64: the product of four int32 sizes need not fit.
-  const double cache_values = static_cast<double>(max_slots) * n_head_kv * ctx_per_slot * head_dim;
+  const double cache_values =
+      static_cast<double>(args.max_slots) * args.n_head_kv * args.ctx_per_slot * args.head_dim;
   if (cache_values >= 9.0e18) {
     return absl::InvalidArgumentError("LaunchKvAppend: cache shape exceeds int64 indexing");
   }
-  if (n_tok > INT_MAX) return absl::InvalidArgumentError("LaunchKvAppend: n_tok exceeds the grid");
-  const int64_t kv_dim = static_cast<int64_t>(n_head_kv) * head_dim;
+  if (args.n_tok > INT_MAX)
+    return absl::InvalidArgumentError("LaunchKvAppend: n_tok exceeds the grid");
+  const int64_t kv_dim = static_cast<int64_t>(args.n_head_kv) * args.head_dim;
   if (row_stride == 0) row_stride = kv_dim;
   if (row_stride < kv_dim) {
     return absl::InvalidArgumentError(
         "LaunchKvAppend: row_stride must be 0 or at least n_head_kv * head_dim");
   }
-  if (n_tok == 0) return absl::OkStatus();
-  if (k == nullptr || v == nullptr || slots == nullptr || positions == nullptr ||
-      k_cache == nullptr || v_cache == nullptr) {
+  if (args.n_tok == 0) return absl::OkStatus();
+  if (args.k == nullptr || args.v == nullptr || args.slots == nullptr ||
+      args.positions == nullptr || args.k_cache == nullptr || args.v_cache == nullptr) {
     return absl::InvalidArgumentError("LaunchKvAppend: null pointer");
   }
   constexpr int kBlock = 128;
-  const bool pairs = head_dim % 2 == 0 && row_stride % 2 == 0 && Aligned(k, 8) && Aligned(v, 8) &&
-                     Aligned(k_cache, 4) && Aligned(v_cache, 4);
-  const unsigned int grid = static_cast<unsigned int>(n_tok);
+  const bool pairs = args.head_dim % 2 == 0 && row_stride % 2 == 0 && Aligned(args.k, 8) &&
+                     Aligned(args.v, 8) && Aligned(args.k_cache, 4) && Aligned(args.v_cache, 4);
+  const unsigned int grid = static_cast<unsigned int>(args.n_tok);
   if (pairs) {
     KvAppendKernel<kBlock, true><<<grid, kBlock, 0, stream>>>(
-        k, v, row_stride, slots, positions, n_head_kv, head_dim, k_cache, v_cache, max_slots,
-        ctx_per_slot);
+        args.k, args.v, row_stride, args.slots, args.positions, args.n_head_kv, args.head_dim,
+        args.k_cache, args.v_cache, args.max_slots, args.ctx_per_slot);
   } else {
     KvAppendKernel<kBlock, false><<<grid, kBlock, 0, stream>>>(
-        k, v, row_stride, slots, positions, n_head_kv, head_dim, k_cache, v_cache, max_slots,
-        ctx_per_slot);
+        args.k, args.v, row_stride, args.slots, args.positions, args.n_head_kv, args.head_dim,
+        args.k_cache, args.v_cache, args.max_slots, args.ctx_per_slot);
   }
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();

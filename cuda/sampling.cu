@@ -25,33 +25,33 @@ size_t SampleWorkspaceBytes(int max_seqs, int n_vocab) {
   return static_cast<size_t>(max_seqs) * static_cast<size_t>(n_vocab) * 2 * sizeof(int32_t);
 }
 
-absl::Status LaunchSample(float* logits, int n_seq, int n_vocab, const SamplingParams* params,
-                          const int32_t* history, int64_t hist_stride, const int32_t* hist_len,
-                          const uint64_t* streams, const int32_t* steps, void* workspace,
-                          size_t workspace_bytes, DeviceSample* out, cudaStream_t stream) {
-  if (n_seq < 0) return absl::InvalidArgumentError("LaunchSample: negative n_seq");
-  if (n_vocab < 1 || n_vocab > kSampleMaxVocab) {
+absl::Status LaunchSample(const SampleArgs& args, cudaStream_t stream) {
+  if (args.n_seq < 0) return absl::InvalidArgumentError("LaunchSample: negative n_seq");
+  if (args.n_vocab < 1 || args.n_vocab > kSampleMaxVocab) {
     return absl::InvalidArgumentError("LaunchSample: n_vocab must be in [1, 2^21]");
   }
-  if (n_seq == 0) return absl::OkStatus();
-  if (logits == nullptr || params == nullptr || steps == nullptr || out == nullptr) {
+  if (args.n_seq == 0) return absl::OkStatus();
+  if (args.logits == nullptr || args.params == nullptr || args.steps == nullptr ||
+      args.out == nullptr) {
     return absl::InvalidArgumentError("LaunchSample: null pointer");
   }
-  if (history != nullptr && (hist_len == nullptr || hist_stride < 0)) {
+  if (args.history != nullptr && (args.hist_len == nullptr || args.hist_stride < 0)) {
     return absl::InvalidArgumentError(
         "LaunchSample: history needs hist_len and a non-negative hist_stride");
   }
-  if (workspace == nullptr || workspace_bytes < SampleWorkspaceBytes(n_seq, n_vocab) ||
-      reinterpret_cast<uintptr_t>(workspace) % sizeof(int32_t) != 0) {
+  if (args.workspace == nullptr ||
+      args.workspace_bytes < SampleWorkspaceBytes(args.n_seq, args.n_vocab) ||
+      reinterpret_cast<uintptr_t>(args.workspace) % sizeof(int32_t) != 0) {
     return absl::InvalidArgumentError(
         "LaunchSample: workspace must be 4-byte aligned with SampleWorkspaceBytes(n_seq, "
         "n_vocab) bytes");
   }
-  const sampling::SampleKernelArgs args{logits,  n_vocab,     params,
-                                        history, hist_stride, hist_len,
-                                        streams, steps,       static_cast<char*>(workspace),
-                                        out};
-  SampleKernel<<<static_cast<unsigned int>(n_seq), kBlock, 0, stream>>>(args);
+  const sampling::SampleKernelArgs kernel_args{
+      args.logits,  args.n_vocab,     args.params,
+      args.history, args.hist_stride, args.hist_len,
+      args.streams, args.steps,       static_cast<char*>(args.workspace),
+      args.out};
+  SampleKernel<<<static_cast<unsigned int>(args.n_seq), kBlock, 0, stream>>>(kernel_args);
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();
 }
