@@ -220,10 +220,10 @@ struct GemmShared {
   __align__(16) float ws[2][kBK][BN + kPad];
 };
 
-// Output tile `item` of m_blocks x (rows / BN) tiles: tokens [(item %
-// m_blocks) * BM, + BM) x weight rows [(item / m_blocks) * BN, + BN), by the
-// TileShape::kThreads threads of one block (it contains __syncthreads() and
-// no early return).
+// Output tile `item`, m_blocks = ceil(n_tok / BM) tiles per weight-row
+// block: tokens [(item % m_blocks) * BM, + BM) x weight rows [(item /
+// m_blocks) * BN, + BN), by the TileShape::kThreads threads of one block (it
+// contains __syncthreads() and no early return).
 template <int BM, int BN, int TM, int TN, bool kVec>
 __device__ __forceinline__ void GemmF16Block(unsigned item,
                                              const uint16_t* __restrict__ w,  // (rows, ld) FP16
