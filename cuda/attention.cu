@@ -12,7 +12,6 @@
 #include "absl/strings/str_cat.h"
 #include "cuda/attention_device.cuh"
 #include "cuda/cuda_check.h"
-#include "cuda/kernel_util.h"
 
 namespace m40llm::gpu {
 namespace {

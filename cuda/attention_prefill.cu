@@ -9,7 +9,6 @@
 #include "cuda/attention_prefill.cuh"
 #include "cuda/attention_prefill_device.cuh"
 #include "cuda/cuda_check.h"
-#include "cuda/kernel_util.h"
 
 namespace m40llm::gpu {
 namespace {
