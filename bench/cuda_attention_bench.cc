@@ -147,12 +147,17 @@ int Main(int argc, char** argv) {
         return 1;
       }
 
+      // One slot of ctx positions.
+      const gpu::KvCacheLayer cache{.k = k,
+                                    .v = v,
+                                    .max_slots = 1,
+                                    .n_head_kv = m.n_head_kv,
+                                    .ctx_per_slot = ctx,
+                                    .head_dim = m.head_dim};
       auto prefill = [&] {
         return gpu::LaunchPrefillAttention({.q = q,
                                             .n_tok = c.n_tok,
                                             .n_head = m.n_head,
-                                            .n_head_kv = m.n_head_kv,
-                                            .head_dim = m.head_dim,
                                             .chunk_slot = d_cslot,
                                             .chunk_pos = d_cpos,
                                             .chunk_len = d_clen,
@@ -160,10 +165,7 @@ int Main(int argc, char** argv) {
                                             .n_chunks = 1,
                                             .max_chunk_len = c.n_tok,
                                             .max_context = ctx,
-                                            .k_cache = k,
-                                            .v_cache = v,
-                                            .max_slots = 1,
-                                            .ctx_per_slot = ctx,
+                                            .cache = cache,
                                             .out = out_pf},
                                            nullptr);
       };
@@ -174,12 +176,7 @@ int Main(int argc, char** argv) {
                                            .slots = d_slots,
                                            .lengths = d_lengths,
                                            .max_len = ctx,
-                                           .n_head_kv = m.n_head_kv,
-                                           .head_dim = m.head_dim,
-                                           .k_cache = k,
-                                           .v_cache = v,
-                                           .max_slots = 1,
-                                           .ctx_per_slot = ctx,
+                                           .cache = cache,
                                            .workspace = ws,
                                            .workspace_bytes = ws_bytes,
                                            .out = out_dec},

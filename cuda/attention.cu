@@ -153,22 +153,24 @@ int DecodeAttentionFixedSplitLen(int ctx_per_slot) {
 }
 
 absl::Status LaunchDecodeAttention(const DecodeAttentionArgs& args, cudaStream_t stream) {
+  const KvCacheLayer& cache = args.cache;
   size_t workspace_bytes = args.workspace_bytes;
   if (args.n_seq < 0) return absl::InvalidArgumentError("LaunchDecodeAttention: negative n_seq");
-  if (args.n_head <= 0 || args.n_head_kv <= 0 || args.n_head % args.n_head_kv != 0) {
+  if (args.n_head <= 0 || cache.n_head_kv <= 0 || args.n_head % cache.n_head_kv != 0) {
     return absl::InvalidArgumentError(
         "LaunchDecodeAttention: n_head must be a positive multiple of n_head_kv");
   }
-  if (args.head_dim < kAttentionHeadDimAlign || args.head_dim > kAttentionMaxHeadDim ||
-      args.head_dim % kAttentionHeadDimAlign != 0) {
+  if (cache.head_dim < kAttentionHeadDimAlign || cache.head_dim > kAttentionMaxHeadDim ||
+      cache.head_dim % kAttentionHeadDimAlign != 0) {
     return absl::InvalidArgumentError(
         "LaunchDecodeAttention: head_dim must be a multiple of 8 in [8, 256]");
   }
-  if (args.max_slots <= 0 || args.ctx_per_slot <= 0) {
+  if (cache.max_slots <= 0 || cache.ctx_per_slot <= 0) {
     return absl::InvalidArgumentError(
         "LaunchDecodeAttention: max_slots and ctx_per_slot must be positive");
   }
-  if (static_cast<double>(args.max_slots) * args.n_head_kv * args.ctx_per_slot * args.head_dim >=
+  if (static_cast<double>(cache.max_slots) * cache.n_head_kv * cache.ctx_per_slot *
+          cache.head_dim >=
       9.0e18) {
     return absl::InvalidArgumentError("LaunchDecodeAttention: cache shape exceeds int64 indexing");
   }
@@ -176,21 +178,21 @@ absl::Status LaunchDecodeAttention(const DecodeAttentionArgs& args, cudaStream_t
     return absl::InvalidArgumentError("LaunchDecodeAttention: n_seq exceeds 65535 (grid z)");
   }
   if (args.q_row_stride != 0 &&
-      args.q_row_stride < static_cast<int64_t>(args.n_head) * args.head_dim) {
+      args.q_row_stride < static_cast<int64_t>(args.n_head) * cache.head_dim) {
     return absl::InvalidArgumentError(
         "LaunchDecodeAttention: q_row_stride must be 0 or at least n_head * head_dim");
   }
   if (args.n_seq == 0) return absl::OkStatus();
-  if (args.max_len < 1 || args.max_len > args.ctx_per_slot) {
+  if (args.max_len < 1 || args.max_len > cache.ctx_per_slot) {
     return absl::InvalidArgumentError(
         "LaunchDecodeAttention: max_len must be in [1, ctx_per_slot]");
   }
-  if (args.q == nullptr || args.slots == nullptr || args.lengths == nullptr ||
-      args.k_cache == nullptr || args.v_cache == nullptr || args.out == nullptr) {
+  if (args.q == nullptr || args.slots == nullptr || args.lengths == nullptr || cache.k == nullptr ||
+      cache.v == nullptr || args.out == nullptr) {
     return absl::InvalidArgumentError("LaunchDecodeAttention: null pointer");
   }
-  if (reinterpret_cast<uintptr_t>(args.k_cache) % 16 != 0 ||
-      reinterpret_cast<uintptr_t>(args.v_cache) % 16 != 0) {
+  if (reinterpret_cast<uintptr_t>(cache.k) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(cache.v) % 16 != 0) {
     return absl::InvalidArgumentError("LaunchDecodeAttention: caches must be 16-byte aligned");
   }
   if (args.workspace == nullptr) workspace_bytes = 0;
@@ -198,10 +200,10 @@ absl::Status LaunchDecodeAttention(const DecodeAttentionArgs& args, cudaStream_t
     return absl::InvalidArgumentError("LaunchDecodeAttention: workspace must be 4-byte aligned");
   }
 
-  const int group = args.n_head / args.n_head_kv;
+  const int group = args.n_head / cache.n_head_kv;
   const int heads_per_block = group == 1 ? 1 : group == 2 ? 2 : group <= 4 ? 4 : 8;
   const int64_t base_blocks =
-      static_cast<int64_t>(args.n_seq) * args.n_head_kv * CeilDiv(group, heads_per_block);
+      static_cast<int64_t>(args.n_seq) * cache.n_head_kv * CeilDiv(group, heads_per_block);
   if (base_blocks / args.n_seq > INT_MAX) {
     return absl::InvalidArgumentError("LaunchDecodeAttention: too many heads for the grid");
   }
@@ -212,18 +214,18 @@ absl::Status LaunchDecodeAttention(const DecodeAttentionArgs& args, cudaStream_t
 
   KernelArgs a{};
   a.q = args.q;
-  a.q_stride =
-      args.q_row_stride > 0 ? args.q_row_stride : static_cast<int64_t>(args.n_head) * args.head_dim;
+  a.q_stride = args.q_row_stride > 0 ? args.q_row_stride
+                                     : static_cast<int64_t>(args.n_head) * cache.head_dim;
   a.slots = args.slots;
   a.lengths = args.lengths;
-  a.k_cache = args.k_cache;
-  a.v_cache = args.v_cache;
+  a.k_cache = cache.k;
+  a.v_cache = cache.v;
   a.max_len = args.max_len;
   a.n_head = args.n_head;
-  a.n_head_kv = args.n_head_kv;
-  a.head_dim = args.head_dim;
-  a.max_slots = args.max_slots;
-  a.ctx_per_slot = args.ctx_per_slot;
+  a.n_head_kv = cache.n_head_kv;
+  a.head_dim = cache.head_dim;
+  a.max_slots = cache.max_slots;
+  a.ctx_per_slot = cache.ctx_per_slot;
   a.group = group;
   if (args.fixed_split_len > 0) {
     if (args.fixed_split_len % kTile != 0) {
@@ -235,30 +237,30 @@ absl::Status LaunchDecodeAttention(const DecodeAttentionArgs& args, cudaStream_t
     if (a.plan.n_splits > kMaxSplits ||
         (a.plan.n_splits > 1 &&
          static_cast<int64_t>(workspace_bytes) <
-             BytesPerSplit(args.n_seq, args.n_head, args.head_dim) * a.plan.n_splits)) {
+             BytesPerSplit(args.n_seq, args.n_head, cache.head_dim) * a.plan.n_splits)) {
       return absl::InvalidArgumentError(
           "LaunchDecodeAttention: fixed_split_len leaves more splits than the merge or the "
           "workspace can take");
     }
   } else {
-    a.plan = PlanSplits(base_blocks, sm_count, args.max_len, args.n_seq, args.n_head, args.head_dim,
-                        workspace_bytes);
+    a.plan = PlanSplits(base_blocks, sm_count, args.max_len, args.n_seq, args.n_head,
+                        cache.head_dim, workspace_bytes);
   }
   // As the CPU engine computes it.
-  a.scale = 1.0f / std::sqrt(static_cast<float>(args.head_dim));
+  a.scale = 1.0f / std::sqrt(static_cast<float>(cache.head_dim));
   a.out = args.out;
   a.n_seq = args.n_seq;
   if (a.plan.n_splits > 1) {
     // part_o then part_ml; PlanSplits kept them within workspace_bytes.
     a.part_o = static_cast<float*>(args.workspace);
-    a.part_ml =
-        a.part_o + static_cast<int64_t>(args.n_seq) * args.n_head * a.plan.n_splits * args.head_dim;
+    a.part_ml = a.part_o +
+                static_cast<int64_t>(args.n_seq) * args.n_head * a.plan.n_splits * cache.head_dim;
   } else {
     a.part_o = nullptr;
     a.part_ml = nullptr;
   }
 
-  const int lanes = args.head_dim / 8;  // lanes that hold a row's dims
+  const int lanes = cache.head_dim / 8;  // lanes that hold a row's dims
   if (lanes <= 4) {
     LaunchForHeads<4>(heads_per_block, a, stream);
   } else if (lanes <= 8) {
@@ -273,7 +275,7 @@ absl::Status LaunchDecodeAttention(const DecodeAttentionArgs& args, cudaStream_t
     constexpr int kMergeBlock = 128;
     const dim3 grid(static_cast<unsigned int>(args.n_head), static_cast<unsigned int>(args.n_seq));
     DecodeAttentionMergeKernel<kMergeBlock><<<grid, kMergeBlock, 0, stream>>>(
-        args.slots, args.lengths, args.max_len, args.max_slots, args.n_head, args.head_dim,
+        args.slots, args.lengths, args.max_len, cache.max_slots, args.n_head, cache.head_dim,
         a.plan.split_len, a.plan.n_splits, a.part_o, a.part_ml, args.out);
     CUDA_RETURN_IF_LAUNCH_ERROR();
   }

@@ -1,7 +1,7 @@
 // Decode attention over the FP16 KV cache: one query token per sequence,
 // causal by construction (a sequence attends to the positions it has filled).
 //
-// Cache layout as in kv_cache.cuh: one layer's base pointer,
+// Cache layout as in kv_cache.cuh: one layer's KvCacheLayer,
 // (max_slots, n_head_kv, ctx_per_slot, head_dim) FP16 bits.
 #pragma once
 
@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "cuda/kv_cache.cuh"
 
 namespace m40llm::gpu {
 
@@ -42,13 +43,7 @@ struct DecodeAttentionArgs {
   // A host-side upper bound of the lengths, 1 <= max_len <= ctx_per_slot; it
   // decides how finely long contexts are split across blocks.
   int max_len = 0;
-  int n_head_kv = 0;
-  int head_dim = 0;
-  // One layer, 16-byte aligned, device.
-  const uint16_t* k_cache = nullptr;
-  const uint16_t* v_cache = nullptr;
-  int max_slots = 0;
-  int ctx_per_slot = 0;
+  KvCacheLayer cache;  // k and v 16-byte aligned
   // workspace_bytes of device scratch (4-byte aligned), or null/0.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;

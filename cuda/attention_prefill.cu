@@ -44,12 +44,13 @@ __global__ void __launch_bounds__(kThreads, 2)
 
 template <int kD>
 absl::Status Launch(const PrefillAttentionArgs& a, cudaStream_t stream) {
+  const KvCacheLayer& cache = a.cache;
   constexpr int kM = PrefillConfig<kD>::kM;
-  const int group = a.n_head / a.n_head_kv;
+  const int group = a.n_head / cache.n_head_kv;
   const int hq = group < kM ? group : kM;
   const int tq = kM / hq;
   const int head_tiles = (group + hq - 1) / hq;
-  const int64_t grid_y = static_cast<int64_t>(a.n_head_kv) * head_tiles;
+  const int64_t grid_y = static_cast<int64_t>(cache.n_head_kv) * head_tiles;
   if (grid_y > 65535) {
     return absl::InvalidArgumentError("LaunchPrefillAttention: too many heads for the grid");
   }
@@ -59,13 +60,14 @@ absl::Status Launch(const PrefillAttentionArgs& a, cudaStream_t stream) {
     return absl::InvalidArgumentError("LaunchPrefillAttention: max_chunk_len too large");
   }
   // As the CPU engine scales, times log2(e) for exp2.
-  const float q_scale = (1.0f / std::sqrt(static_cast<float>(a.head_dim))) * 1.44269504088896341f;
+  const float q_scale =
+      (1.0f / std::sqrt(static_cast<float>(cache.head_dim))) * 1.44269504088896341f;
   const dim3 grid(static_cast<unsigned int>(grid_x), static_cast<unsigned int>(grid_y),
                   static_cast<unsigned int>(a.n_chunks));
   PrefillAttentionKernel<kD><<<grid, kThreads, 0, stream>>>(
-      a.q, a.chunk_slot, a.chunk_pos, a.chunk_len, a.chunk_row, a.k_cache, a.v_cache, a.n_tok,
-      a.n_head, a.n_head_kv, a.head_dim, group, hq, tq, head_tiles, a.max_chunk_len, a.max_context,
-      a.max_slots, a.ctx_per_slot, q_scale, a.out);
+      a.q, a.chunk_slot, a.chunk_pos, a.chunk_len, a.chunk_row, cache.k, cache.v, a.n_tok, a.n_head,
+      cache.n_head_kv, cache.head_dim, group, hq, tq, head_tiles, a.max_chunk_len, a.max_context,
+      cache.max_slots, cache.ctx_per_slot, q_scale, a.out);
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();
 }
@@ -75,24 +77,26 @@ bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }  // namespace
 
 absl::Status LaunchPrefillAttention(const PrefillAttentionArgs& args, cudaStream_t stream) {
+  const KvCacheLayer& cache = args.cache;
   if (args.n_tok < 0 || args.n_chunks < 0) {
     return absl::InvalidArgumentError("LaunchPrefillAttention: negative n_tok or n_chunks");
   }
-  if (args.n_head <= 0 || args.n_head_kv <= 0 || args.n_head % args.n_head_kv != 0) {
+  if (args.n_head <= 0 || cache.n_head_kv <= 0 || args.n_head % cache.n_head_kv != 0) {
     return absl::InvalidArgumentError(
         "LaunchPrefillAttention: n_head must be a positive multiple of n_head_kv");
   }
-  if (args.head_dim < kMinHeadDim || args.head_dim > kMaxHeadDim || args.head_dim % 8 != 0) {
+  if (cache.head_dim < kMinHeadDim || cache.head_dim > kMaxHeadDim || cache.head_dim % 8 != 0) {
     return absl::InvalidArgumentError(
         "LaunchPrefillAttention: head_dim must be a multiple of 8 in [8, 256]");
   }
-  if (args.max_slots <= 0 || args.ctx_per_slot <= 0) {
+  if (cache.max_slots <= 0 || cache.ctx_per_slot <= 0) {
     return absl::InvalidArgumentError(
         "LaunchPrefillAttention: max_slots and ctx_per_slot must be positive");
   }
-  if (static_cast<double>(args.max_slots) * args.n_head_kv * args.ctx_per_slot * args.head_dim >=
+  if (static_cast<double>(cache.max_slots) * cache.n_head_kv * cache.ctx_per_slot *
+              cache.head_dim >=
           9.0e18 ||
-      static_cast<double>(args.n_tok) * args.n_head * args.head_dim >= 9.0e18) {
+      static_cast<double>(args.n_tok) * args.n_head * cache.head_dim >= 9.0e18) {
     return absl::InvalidArgumentError(
         "LaunchPrefillAttention: tensor shape exceeds int64 indexing");
   }
@@ -103,24 +107,23 @@ absl::Status LaunchPrefillAttention(const PrefillAttentionArgs& args, cudaStream
     return absl::InvalidArgumentError(
         "LaunchPrefillAttention: max_chunk_len must be in [0, n_tok]");
   }
-  if (args.max_context < 1 || args.max_context > args.ctx_per_slot) {
+  if (args.max_context < 1 || args.max_context > cache.ctx_per_slot) {
     return absl::InvalidArgumentError(
         "LaunchPrefillAttention: max_context must be in [1, ctx_per_slot]");
   }
   if (args.n_chunks == 0 || args.n_tok == 0) return absl::OkStatus();  // no rows to write
   if (args.q == nullptr || args.chunk_slot == nullptr || args.chunk_pos == nullptr ||
-      args.chunk_len == nullptr || args.chunk_row == nullptr || args.k_cache == nullptr ||
-      args.v_cache == nullptr || args.out == nullptr) {
+      args.chunk_len == nullptr || args.chunk_row == nullptr || cache.k == nullptr ||
+      cache.v == nullptr || args.out == nullptr) {
     return absl::InvalidArgumentError("LaunchPrefillAttention: null pointer");
   }
-  if (!Aligned16(args.q) || !Aligned16(args.out) || !Aligned16(args.k_cache) ||
-      !Aligned16(args.v_cache)) {
+  if (!Aligned16(args.q) || !Aligned16(args.out) || !Aligned16(cache.k) || !Aligned16(cache.v)) {
     return absl::InvalidArgumentError(
         "LaunchPrefillAttention: q, out and the caches must be 16-byte aligned");
   }
-  if (args.head_dim <= 32) return Launch<32>(args, stream);
-  if (args.head_dim <= 64) return Launch<64>(args, stream);
-  if (args.head_dim <= 128) return Launch<128>(args, stream);
+  if (cache.head_dim <= 32) return Launch<32>(args, stream);
+  if (cache.head_dim <= 64) return Launch<64>(args, stream);
+  if (cache.head_dim <= 128) return Launch<128>(args, stream);
   return Launch<256>(args, stream);
 }
 

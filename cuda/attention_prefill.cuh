@@ -1,7 +1,7 @@
 // Causal prefill attention over the FP16 KV cache: chunks of consecutive
 // query tokens, each attending to every earlier position of its sequence.
 //
-// Cache layout as in kv_cache.cuh: one layer's base pointer,
+// Cache layout as in kv_cache.cuh: one layer's KvCacheLayer,
 // (max_slots, n_head_kv, ctx_per_slot, head_dim) FP16 bits. The engine
 // appends a chunk's K and V (LaunchKvAppend) before this runs, so a chunk's
 // own positions are read from the cache like the earlier ones.
@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "cuda/kv_cache.cuh"
 
 namespace m40llm::gpu {
 
@@ -20,8 +21,6 @@ struct PrefillAttentionArgs {
   const float* q = nullptr;  // (n_tok, n_head, head_dim) FP32, device, 16-byte aligned
   int64_t n_tok = 0;
   int n_head = 0;
-  int n_head_kv = 0;
-  int head_dim = 0;
   // (n_chunks) int32 each, device. Not readable here, so checked on the
   // device: a chunk whose slot is outside [0, max_slots), whose pos is
   // negative, whose len exceeds max_chunk_len, or whose pos + len exceeds
@@ -40,11 +39,7 @@ struct PrefillAttentionArgs {
   int n_chunks = 0;
   int max_chunk_len = 0;
   int max_context = 0;
-  // One layer, 16-byte aligned, device.
-  const uint16_t* k_cache = nullptr;
-  const uint16_t* v_cache = nullptr;
-  int max_slots = 0;
-  int ctx_per_slot = 0;
+  KvCacheLayer cache;  // k and v 16-byte aligned
   // (n_tok, n_head, head_dim) FP32, device, 16-byte aligned; must not alias q.
   float* out = nullptr;
 };

@@ -54,6 +54,8 @@ absl::Status DeviceModel::Allocate(const ModelConfig& c, const BackendOptions& o
   ASSIGN_OR_RETURN(weights, DeviceBuffer<uint8_t>::Allocate(weight_bytes + 256 * n_tensors));
   max_slots = o.max_slots;
   ctx_per_slot = o.ctx_per_slot;
+  n_head_kv = c.n_head_kv;
+  head_dim = c.head_dim;
   layer_cache_values = static_cast<uint64_t>(o.max_slots) * c.n_head_kv *
                        static_cast<uint64_t>(o.ctx_per_slot) * c.head_dim;
   ASSIGN_OR_RETURN(k_cache, DeviceBuffer<uint16_t>::Allocate(layer_cache_values * c.n_layer));

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "cuda/device_memory.h"
+#include "cuda/kv_cache.cuh"
 #include "engine/backend.h"
 #include "engine/gguf.h"
 #include "engine/model.h"
@@ -56,13 +57,6 @@ struct DeviceLayer {
   DeviceMatrix gate_up;
 };
 
-// One layer's K and V caches, (max_slots, n_head_kv, ctx_per_slot, head_dim)
-// FP16 bits each: the layout the kv_cache and attention launchers take.
-struct LayerKv {
-  uint16_t* k = nullptr;
-  uint16_t* v = nullptr;
-};
-
 // Weights and KV cache on the device.
 struct DeviceModel {
   DeviceBuffer<uint8_t> weights;  // one arena for every weight
@@ -75,6 +69,7 @@ struct DeviceModel {
   uint64_t layer_cache_values = 0;          // values per layer in each cache
   int max_slots = 0;                        // KV cache slots
   int ctx_per_slot = 0;                     // positions per slot
+  int n_head_kv = 0, head_dim = 0;
 
   // The LM head: the output matrix, or the tied embedding when there is none.
   const DeviceMatrix& lm_head(const ModelConfig& c) const {
@@ -82,8 +77,13 @@ struct DeviceModel {
   }
 
   // Layer l's slice of the KV cache.
-  LayerKv kv(int l) const {
-    return LayerKv{k_cache.get() + l * layer_cache_values, v_cache.get() + l * layer_cache_values};
+  KvCacheLayer kv(int l) const {
+    return KvCacheLayer{k_cache.get() + l * layer_cache_values,
+                        v_cache.get() + l * layer_cache_values,
+                        max_slots,
+                        n_head_kv,
+                        ctx_per_slot,
+                        head_dim};
   }
 
   // Carves `bytes` (rounded up to 256) from the weight arena.

@@ -30,24 +30,27 @@ bool Aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t
 }  // namespace
 
 absl::Status LaunchKvAppend(const KvAppendArgs& args, cudaStream_t stream) {
+  const KvCacheLayer& cache = args.cache;
   int64_t row_stride = args.row_stride;
   if (args.n_tok < 0) return absl::InvalidArgumentError("LaunchKvAppend: negative n_tok");
-  if (args.n_head_kv <= 0 || args.head_dim <= 0 || args.max_slots <= 0 || args.ctx_per_slot <= 0) {
+  if (cache.n_head_kv <= 0 || cache.head_dim <= 0 || cache.max_slots <= 0 ||
+      cache.ctx_per_slot <= 0) {
     return absl::InvalidArgumentError(
         "LaunchKvAppend: n_head_kv, head_dim, max_slots and ctx_per_slot must be positive");
   }
-  if (static_cast<int64_t>(args.n_head_kv) * args.head_dim > INT_MAX) {
+  if (static_cast<int64_t>(cache.n_head_kv) * cache.head_dim > INT_MAX) {
     return absl::InvalidArgumentError("LaunchKvAppend: n_head_kv * head_dim exceeds int32");
   }
   // Cache indices are int64: the product of four int32 sizes need not fit.
   const double cache_values =
-      static_cast<double>(args.max_slots) * args.n_head_kv * args.ctx_per_slot * args.head_dim;
+      static_cast<double>(cache.max_slots) * cache.n_head_kv * cache.ctx_per_slot * cache.head_dim;
   if (cache_values >= 9.0e18) {
     return absl::InvalidArgumentError("LaunchKvAppend: cache shape exceeds int64 indexing");
   }
-  if (args.n_tok > INT_MAX)
+  if (args.n_tok > INT_MAX) {
     return absl::InvalidArgumentError("LaunchKvAppend: n_tok exceeds the grid");
-  const int64_t kv_dim = static_cast<int64_t>(args.n_head_kv) * args.head_dim;
+  }
+  const int64_t kv_dim = static_cast<int64_t>(cache.n_head_kv) * cache.head_dim;
   if (row_stride == 0) row_stride = kv_dim;
   if (row_stride < kv_dim) {
     return absl::InvalidArgumentError(
@@ -55,21 +58,21 @@ absl::Status LaunchKvAppend(const KvAppendArgs& args, cudaStream_t stream) {
   }
   if (args.n_tok == 0) return absl::OkStatus();
   if (args.k == nullptr || args.v == nullptr || args.slots == nullptr ||
-      args.positions == nullptr || args.k_cache == nullptr || args.v_cache == nullptr) {
+      args.positions == nullptr || cache.k == nullptr || cache.v == nullptr) {
     return absl::InvalidArgumentError("LaunchKvAppend: null pointer");
   }
   constexpr int kBlock = 128;
-  const bool pairs = args.head_dim % 2 == 0 && row_stride % 2 == 0 && Aligned(args.k, 8) &&
-                     Aligned(args.v, 8) && Aligned(args.k_cache, 4) && Aligned(args.v_cache, 4);
+  const bool pairs = cache.head_dim % 2 == 0 && row_stride % 2 == 0 && Aligned(args.k, 8) &&
+                     Aligned(args.v, 8) && Aligned(cache.k, 4) && Aligned(cache.v, 4);
   const unsigned int grid = static_cast<unsigned int>(args.n_tok);
   if (pairs) {
     KvAppendKernel<kBlock, true><<<grid, kBlock, 0, stream>>>(
-        args.k, args.v, row_stride, args.slots, args.positions, args.n_head_kv, args.head_dim,
-        args.k_cache, args.v_cache, args.max_slots, args.ctx_per_slot);
+        args.k, args.v, row_stride, args.slots, args.positions, cache.n_head_kv, cache.head_dim,
+        cache.k, cache.v, cache.max_slots, cache.ctx_per_slot);
   } else {
     KvAppendKernel<kBlock, false><<<grid, kBlock, 0, stream>>>(
-        args.k, args.v, row_stride, args.slots, args.positions, args.n_head_kv, args.head_dim,
-        args.k_cache, args.v_cache, args.max_slots, args.ctx_per_slot);
+        args.k, args.v, row_stride, args.slots, args.positions, cache.n_head_kv, cache.head_dim,
+        cache.k, cache.v, cache.max_slots, cache.ctx_per_slot);
   }
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();

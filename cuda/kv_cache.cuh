@@ -2,7 +2,7 @@
 //
 // Cache layout, shared with the CPU engine (CpuBackend::KvIndex): FP16 bits,
 // [layer][slot][kv_head][position][head_dim]. The launchers take one layer's
-// base pointer, so inside a layer element (slot, kv_head, pos, d) is at
+// view (KvCacheLayer), so inside a layer element (slot, kv_head, pos, d) is at
 //   ((slot * n_head_kv + kv_head) * ctx_per_slot + pos) * head_dim + d.
 #pragma once
 
@@ -13,6 +13,18 @@
 #include "absl/status/status.h"
 
 namespace m40llm::gpu {
+
+// One layer of the cache as the launchers take it: K and V, each
+// (max_slots, n_head_kv, ctx_per_slot, head_dim) FP16 bits, device (the
+// attention launchers only read it).
+struct KvCacheLayer {
+  uint16_t* k = nullptr;
+  uint16_t* v = nullptr;
+  int max_slots = 0;
+  int n_head_kv = 0;
+  int ctx_per_slot = 0;
+  int head_dim = 0;
+};
 
 // Arguments of LaunchKvAppend.
 struct KvAppendArgs {
@@ -26,14 +38,7 @@ struct KvAppendArgs {
   // call (duplicates race).
   const int32_t* slots = nullptr;
   const int32_t* positions = nullptr;
-  int n_head_kv = 0;
-  int head_dim = 0;
-  // One layer, (max_slots, n_head_kv, ctx_per_slot, head_dim) FP16 bits,
-  // device; no aliasing with k or v.
-  uint16_t* k_cache = nullptr;
-  uint16_t* v_cache = nullptr;
-  int max_slots = 0;
-  int ctx_per_slot = 0;
+  KvCacheLayer cache;  // no aliasing with k or v
   // Floats from one token's K (and V) row to the next; 0 means
   // n_head_kv * head_dim (packed). A larger stride reads K and V inside fused
   // QKV rows.

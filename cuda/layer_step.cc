@@ -68,7 +68,7 @@ class LayerSteps {
   }
 
   // Attention block: norm, Q/K/V, RoPE, KV append, attention, output product.
-  absl::Status Attention(const DeviceLayer& w, const LayerKv& kv) {
+  absl::Status Attention(const DeviceLayer& w, const KvCacheLayer& kv) {
     const int64_t q_dim = c_.q_dim(), kv_dim = c_.kv_dim();
     RETURN_IF_ERROR(Norm(w.attn_norm));
     float *q = p_.q, *k = p_.k, *v = p_.v;
@@ -91,20 +91,13 @@ class LayerSteps {
                                     .n_tok = n_,
                                     .slots = in_.slot,
                                     .positions = in_.pos,
-                                    .n_head_kv = c_.n_head_kv,
-                                    .head_dim = c_.head_dim,
-                                    .k_cache = kv.k,
-                                    .v_cache = kv.v,
-                                    .max_slots = m_.max_slots,
-                                    .ctx_per_slot = m_.ctx_per_slot,
+                                    .cache = kv,
                                     .row_stride = kv_stride},
                                    st_));
     if (in_.prefill_attention()) {
       RETURN_IF_ERROR(LaunchPrefillAttention({.q = q,
                                               .n_tok = n_,
                                               .n_head = c_.n_head,
-                                              .n_head_kv = c_.n_head_kv,
-                                              .head_dim = c_.head_dim,
                                               .chunk_slot = in_.chunks,
                                               .chunk_pos = in_.chunks + n_,
                                               .chunk_len = in_.chunks + 2 * n_,
@@ -112,10 +105,7 @@ class LayerSteps {
                                               .n_chunks = in_.n_chunks,
                                               .max_chunk_len = in_.max_chunk,
                                               .max_context = in_.max_context,
-                                              .k_cache = kv.k,
-                                              .v_cache = kv.v,
-                                              .max_slots = m_.max_slots,
-                                              .ctx_per_slot = m_.ctx_per_slot,
+                                              .cache = kv,
                                               .out = p_.att},
                                              st_));
     } else {
@@ -126,12 +116,7 @@ class LayerSteps {
                                  .slots = in_.slot,
                                  .lengths = in_.len,
                                  .max_len = attn_max_len_,
-                                 .n_head_kv = c_.n_head_kv,
-                                 .head_dim = c_.head_dim,
-                                 .k_cache = kv.k,
-                                 .v_cache = kv.v,
-                                 .max_slots = m_.max_slots,
-                                 .ctx_per_slot = m_.ctx_per_slot,
+                                 .cache = kv,
                                  .workspace = p_.attn_ws.get(),
                                  .workspace_bytes = p_.attn_ws.bytes(),
                                  .out = p_.att,

@@ -201,8 +201,6 @@ absl::StatusOr<std::vector<float>> RunGpu(const Problem& p, GpuCall call = {}) {
   RETURN_IF_ERROR(LaunchPrefillAttention({.q = d_q.get(),
                                           .n_tok = p.n_tok,
                                           .n_head = p.h.n_head,
-                                          .n_head_kv = p.h.n_head_kv,
-                                          .head_dim = p.h.head_dim,
                                           .chunk_slot = d_slot.get(),
                                           .chunk_pos = d_pos.get(),
                                           .chunk_len = d_len.get(),
@@ -210,10 +208,12 @@ absl::StatusOr<std::vector<float>> RunGpu(const Problem& p, GpuCall call = {}) {
                                           .n_chunks = static_cast<int>(p.chunks.size()),
                                           .max_chunk_len = call.max_chunk_len,
                                           .max_context = call.max_context,
-                                          .k_cache = d_k.get(),
-                                          .v_cache = d_v.get(),
-                                          .max_slots = p.max_slots,
-                                          .ctx_per_slot = p.ctx_per_slot,
+                                          .cache = {.k = d_k.get(),
+                                                    .v = d_v.get(),
+                                                    .max_slots = p.max_slots,
+                                                    .n_head_kv = p.h.n_head_kv,
+                                                    .ctx_per_slot = p.ctx_per_slot,
+                                                    .head_dim = p.h.head_dim},
                                           .out = d_out.get()},
                                          nullptr));
   CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
@@ -414,12 +414,12 @@ TEST(PrefillAttention, AgreesWithDecodeOneEntryPerToken) {
                                          .slots = d_slots.get(),
                                          .lengths = d_len.get(),
                                          .max_len = max_len,
-                                         .n_head_kv = h.n_head_kv,
-                                         .head_dim = h.head_dim,
-                                         .k_cache = d_k.get(),
-                                         .v_cache = d_v.get(),
-                                         .max_slots = p.max_slots,
-                                         .ctx_per_slot = p.ctx_per_slot,
+                                         .cache = {.k = d_k.get(),
+                                                   .v = d_v.get(),
+                                                   .max_slots = p.max_slots,
+                                                   .n_head_kv = h.n_head_kv,
+                                                   .ctx_per_slot = p.ctx_per_slot,
+                                                   .head_dim = h.head_dim},
                                          .workspace = d_ws.get(),
                                          .workspace_bytes = ws_bytes,
                                          .out = d_out.get()},
@@ -440,14 +440,14 @@ TEST(PrefillAttention, AgreesWithDecodeOneEntryPerToken) {
 TEST(PrefillAttention, RejectsBadArguments) {
   const float* q = reinterpret_cast<const float*>(256);
   float* out = reinterpret_cast<float*>(256);
-  const uint16_t* c = reinterpret_cast<const uint16_t*>(256);
+  uint16_t* c = reinterpret_cast<uint16_t*>(256);
   const int32_t* idx = reinterpret_cast<const int32_t*>(256);
   struct Call {
     int64_t n_tok = 16;
     int n_head = 8, n_head_kv = 8, head_dim = 64;
     int n_chunks = 1, max_chunk_len = 16, max_context = 32;
     const float* q = nullptr;
-    const uint16_t* cache = nullptr;
+    uint16_t* cache = nullptr;
     float* out = nullptr;
     int max_slots = 4, ctx = 32;
   };
@@ -458,8 +458,6 @@ TEST(PrefillAttention, RejectsBadArguments) {
     return LaunchPrefillAttention({.q = a.q,
                                    .n_tok = a.n_tok,
                                    .n_head = a.n_head,
-                                   .n_head_kv = a.n_head_kv,
-                                   .head_dim = a.head_dim,
                                    .chunk_slot = idx,
                                    .chunk_pos = idx,
                                    .chunk_len = idx,
@@ -467,10 +465,12 @@ TEST(PrefillAttention, RejectsBadArguments) {
                                    .n_chunks = a.n_chunks,
                                    .max_chunk_len = a.max_chunk_len,
                                    .max_context = a.max_context,
-                                   .k_cache = a.cache,
-                                   .v_cache = a.cache,
-                                   .max_slots = a.max_slots,
-                                   .ctx_per_slot = a.ctx,
+                                   .cache = {.k = a.cache,
+                                             .v = a.cache,
+                                             .max_slots = a.max_slots,
+                                             .n_head_kv = a.n_head_kv,
+                                             .ctx_per_slot = a.ctx,
+                                             .head_dim = a.head_dim},
                                    .out = a.out},
                                   nullptr)
         .code();
@@ -499,31 +499,27 @@ TEST(PrefillAttention, RejectsBadArguments) {
   EXPECT_EQ(run(with([&](Call& a) { a.q = q + 1; })), kInvalid);
   EXPECT_EQ(run(with([&](Call& a) { a.out = out + 2; })), kInvalid);
   // Null caches.
-  EXPECT_EQ(LaunchPrefillAttention({.q = q,
-                                    .n_tok = 16,
-                                    .n_head = 8,
-                                    .n_head_kv = 8,
-                                    .head_dim = 64,
-                                    .chunk_slot = idx,
-                                    .chunk_pos = idx,
-                                    .chunk_len = idx,
-                                    .chunk_row = idx,
-                                    .n_chunks = 1,
-                                    .max_chunk_len = 16,
-                                    .max_context = 32,
-                                    .max_slots = 4,
-                                    .ctx_per_slot = 32,
-                                    .out = out},
-                                   nullptr)
+  EXPECT_EQ(LaunchPrefillAttention(
+                {.q = q,
+                 .n_tok = 16,
+                 .n_head = 8,
+                 .chunk_slot = idx,
+                 .chunk_pos = idx,
+                 .chunk_len = idx,
+                 .chunk_row = idx,
+                 .n_chunks = 1,
+                 .max_chunk_len = 16,
+                 .max_context = 32,
+                 .cache = {.max_slots = 4, .n_head_kv = 8, .ctx_per_slot = 32, .head_dim = 64},
+                 .out = out},
+                nullptr)
                 .code(),
             kInvalid);
   // Nothing to do: no chunks, or no rows.
-  const PrefillAttentionArgs shape{.n_head = 8,
-                                   .n_head_kv = 8,
-                                   .head_dim = 64,
-                                   .max_context = 32,
-                                   .max_slots = 4,
-                                   .ctx_per_slot = 32};
+  const PrefillAttentionArgs shape{
+      .n_head = 8,
+      .max_context = 32,
+      .cache = {.max_slots = 4, .n_head_kv = 8, .ctx_per_slot = 32, .head_dim = 64}};
   PrefillAttentionArgs no_chunks = shape;
   no_chunks.n_tok = 16;
   EXPECT_TRUE(LaunchPrefillAttention(no_chunks, nullptr).ok());

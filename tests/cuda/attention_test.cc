@@ -151,12 +151,12 @@ absl::StatusOr<std::vector<float>> RunGpu(const Problem& p, Workspace ws, int ma
                                          .slots = d_slots.get(),
                                          .lengths = d_len.get(),
                                          .max_len = max_len,
-                                         .n_head_kv = p.h.n_head_kv,
-                                         .head_dim = p.h.head_dim,
-                                         .k_cache = d_k.get(),
-                                         .v_cache = d_v.get(),
-                                         .max_slots = p.max_slots,
-                                         .ctx_per_slot = p.ctx_per_slot,
+                                         .cache = {.k = d_k.get(),
+                                                   .v = d_v.get(),
+                                                   .max_slots = p.max_slots,
+                                                   .n_head_kv = p.h.n_head_kv,
+                                                   .ctx_per_slot = p.ctx_per_slot,
+                                                   .head_dim = p.h.head_dim},
                                          .workspace = d_ws.get(),
                                          .workspace_bytes = ws_bytes,
                                          .out = d_out.get(),
@@ -323,22 +323,22 @@ TEST(DecodeAttention, WorkspaceSize) {
 TEST(DecodeAttention, RejectsBadArguments) {
   const float* q = reinterpret_cast<const float*>(256);
   float* out = reinterpret_cast<float*>(256);
-  const uint16_t* c = reinterpret_cast<const uint16_t*>(256);
+  uint16_t* c = reinterpret_cast<uint16_t*>(256);
   const int32_t* idx = reinterpret_cast<const int32_t*>(256);
-  auto call = [&](int n_seq, int n_head, int max_len, int n_head_kv, int head_dim,
-                  const uint16_t* cache, int ctx) {
+  auto call = [&](int n_seq, int n_head, int max_len, int n_head_kv, int head_dim, uint16_t* cache,
+                  int ctx) {
     return LaunchDecodeAttention({.q = q,
                                   .n_seq = n_seq,
                                   .n_head = n_head,
                                   .slots = idx,
                                   .lengths = idx,
                                   .max_len = max_len,
-                                  .n_head_kv = n_head_kv,
-                                  .head_dim = head_dim,
-                                  .k_cache = cache,
-                                  .v_cache = cache,
-                                  .max_slots = 4,
-                                  .ctx_per_slot = ctx,
+                                  .cache = {.k = cache,
+                                            .v = cache,
+                                            .max_slots = 4,
+                                            .n_head_kv = n_head_kv,
+                                            .ctx_per_slot = ctx,
+                                            .head_dim = head_dim},
                                   .out = out},
                                  nullptr)
         .code();
@@ -354,7 +354,8 @@ TEST(DecodeAttention, RejectsBadArguments) {
   EXPECT_EQ(call(1, 8, 1, 8, 64, c + 1, 16), kInvalid);  // misaligned cache
   EXPECT_EQ(call(1, 8, 1, 8, 64, nullptr, 16), kInvalid);
   EXPECT_TRUE(LaunchDecodeAttention(
-                  {.n_head = 8, .n_head_kv = 8, .head_dim = 64, .max_slots = 4, .ctx_per_slot = 16},
+                  {.n_head = 8,
+                   .cache = {.max_slots = 4, .n_head_kv = 8, .ctx_per_slot = 16, .head_dim = 64}},
                   nullptr)
                   .ok());
 }
@@ -389,12 +390,12 @@ TEST(DecodeAttention, QRowStrideMatchesPackedQ) {
                            .slots = d_slots.get(),
                            .lengths = d_len.get(),
                            .max_len = 1000,
-                           .n_head_kv = h.n_head_kv,
-                           .head_dim = h.head_dim,
-                           .k_cache = d_k.get(),
-                           .v_cache = d_v.get(),
-                           .max_slots = p.max_slots,
-                           .ctx_per_slot = p.ctx_per_slot,
+                           .cache = {.k = d_k.get(),
+                                     .v = d_v.get(),
+                                     .max_slots = p.max_slots,
+                                     .n_head_kv = h.n_head_kv,
+                                     .ctx_per_slot = p.ctx_per_slot,
+                                     .head_dim = h.head_dim},
                            .workspace = d_ws.get(),
                            .workspace_bytes = ws_bytes,
                            .out = d_out.get(),

@@ -34,6 +34,16 @@ struct CacheShape {
   int head_dim;
 };
 
+// The cache of shape c in device buffers k and v.
+KvCacheLayer CacheOf(const CacheShape& c, uint16_t* k, uint16_t* v) {
+  return {.k = k,
+          .v = v,
+          .max_slots = c.max_slots,
+          .n_head_kv = c.n_head_kv,
+          .ctx_per_slot = c.ctx_per_slot,
+          .head_dim = c.head_dim};
+}
+
 // As CpuBackend::KvIndex within one layer.
 size_t KvIndex(const CacheShape& c, int slot, int kv_head, int pos) {
   size_t i = static_cast<size_t>(slot);
@@ -123,12 +133,7 @@ void CheckAppend(std::mt19937& rng, const CacheShape& c, int n_tok, int offset, 
                                 .n_tok = n_tok,
                                 .slots = d_slots.get(),
                                 .positions = d_pos.get(),
-                                .n_head_kv = c.n_head_kv,
-                                .head_dim = c.head_dim,
-                                .k_cache = d_kc.get(),
-                                .v_cache = d_vc.get(),
-                                .max_slots = c.max_slots,
-                                .ctx_per_slot = c.ctx_per_slot,
+                                .cache = CacheOf(c, d_kc.get(), d_vc.get()),
                                 .row_stride = gap > 0 ? kv_dim + gap : 0},
                                nullptr));
   M40_ASSERT_OK_AND_ASSIGN(auto got_k, ToHost(d_kc));
@@ -195,12 +200,7 @@ TEST(KvAppend, SkipsOutOfRangeSlotsAndPositions) {
                                 .n_tok = n_tok,
                                 .slots = d_slots.get(),
                                 .positions = d_pos.get(),
-                                .n_head_kv = c.n_head_kv,
-                                .head_dim = c.head_dim,
-                                .k_cache = d_kc.get(),
-                                .v_cache = d_vc.get(),
-                                .max_slots = c.max_slots,
-                                .ctx_per_slot = c.ctx_per_slot},
+                                .cache = CacheOf(c, d_kc.get(), d_vc.get())},
                                nullptr));
   M40_ASSERT_OK_AND_ASSIGN(auto got_k, ToHost(d_kc));
   std::vector<uint16_t> want(cache_size, kPoison);
@@ -220,12 +220,12 @@ TEST(KvAppend, RejectsBadArguments) {
                            .n_tok = 1,
                            .slots = idx,
                            .positions = idx,
-                           .n_head_kv = 1,
-                           .head_dim = 8,
-                           .k_cache = cache,
-                           .v_cache = cache,
-                           .max_slots = 1,
-                           .ctx_per_slot = 1};
+                           .cache = {.k = cache,
+                                     .v = cache,
+                                     .max_slots = 1,
+                                     .n_head_kv = 1,
+                                     .ctx_per_slot = 1,
+                                     .head_dim = 8}};
   auto code = [&](auto edit) {
     KvAppendArgs a = valid;
     edit(a);
@@ -233,18 +233,19 @@ TEST(KvAppend, RejectsBadArguments) {
   };
   const auto kInvalid = absl::StatusCode::kInvalidArgument;
   EXPECT_EQ(code([](KvAppendArgs& a) { a.n_tok = -1; }), kInvalid);
-  EXPECT_EQ(code([](KvAppendArgs& a) { a.n_head_kv = 0; }), kInvalid);
-  EXPECT_EQ(code([](KvAppendArgs& a) { a.ctx_per_slot = 0; }), kInvalid);
+  EXPECT_EQ(code([](KvAppendArgs& a) { a.cache.n_head_kv = 0; }), kInvalid);
+  EXPECT_EQ(code([](KvAppendArgs& a) { a.cache.ctx_per_slot = 0; }), kInvalid);
   EXPECT_EQ(code([](KvAppendArgs& a) { a.slots = nullptr; }), kInvalid);
   EXPECT_EQ(code([](KvAppendArgs& a) {
-              a.n_head_kv = 1 << 20;
-              a.head_dim = 1 << 12;
+              a.cache.n_head_kv = 1 << 20;
+              a.cache.head_dim = 1 << 12;
             }),
             kInvalid);
   // Nothing to append: OK without touching any pointer.
   EXPECT_TRUE(
-      LaunchKvAppend({.n_tok = 0, .n_head_kv = 1, .head_dim = 8, .max_slots = 1, .ctx_per_slot = 1},
-                     nullptr)
+      LaunchKvAppend(
+          {.n_tok = 0, .cache = {.max_slots = 1, .n_head_kv = 1, .ctx_per_slot = 1, .head_dim = 8}},
+          nullptr)
           .ok());
 }
 
