@@ -147,15 +147,40 @@ int Main(int argc, char** argv) {
         return 1;
       }
 
+      // One slot of ctx positions.
+      const gpu::KvCacheLayer cache{.k = k,
+                                    .v = v,
+                                    .max_slots = 1,
+                                    .n_head_kv = m.n_head_kv,
+                                    .ctx_per_slot = ctx,
+                                    .head_dim = m.head_dim};
       auto prefill = [&] {
-        return gpu::LaunchPrefillAttention(q, c.n_tok, m.n_head, m.n_head_kv, m.head_dim, d_cslot,
-                                           d_cpos, d_clen, d_crow, 1, c.n_tok, ctx, k, v, 1, ctx,
-                                           out_pf, nullptr);
+        return gpu::LaunchPrefillAttention({.q = q,
+                                            .n_tok = c.n_tok,
+                                            .n_head = m.n_head,
+                                            .chunk_slot = d_cslot,
+                                            .chunk_pos = d_cpos,
+                                            .chunk_len = d_clen,
+                                            .chunk_row = d_crow,
+                                            .n_chunks = 1,
+                                            .max_chunk_len = c.n_tok,
+                                            .max_context = ctx,
+                                            .cache = cache,
+                                            .out = out_pf},
+                                           nullptr);
       };
       auto decode = [&] {
-        return gpu::LaunchDecodeAttention(q, c.n_tok, m.n_head, d_slots, d_lengths, ctx,
-                                          m.n_head_kv, m.head_dim, k, v, 1, ctx, ws, ws_bytes,
-                                          out_dec, nullptr);
+        return gpu::LaunchDecodeAttention({.q = q,
+                                           .n_seq = c.n_tok,
+                                           .n_head = m.n_head,
+                                           .slots = d_slots,
+                                           .lengths = d_lengths,
+                                           .max_len = ctx,
+                                           .cache = cache,
+                                           .workspace = ws,
+                                           .workspace_bytes = ws_bytes,
+                                           .out = out_dec},
+                                          nullptr);
       };
       BENCH_CHECK_OK(prefill());
       BENCH_CHECK_OK(decode());

@@ -1,28 +1,7 @@
 // Decode attention kernels and launcher (see attention.cuh).
 //
-// Work split. A block serves one (sequence, kv head, tile of up to kHeads
-// query heads of that kv head, split of the positions): the query heads that
-// share a kv head read each K and V row from DRAM once. Grid x runs over
-// (kv head, head tile) with the head tile fastest, so blocks that read the same
-// K/V run side by side and share them through L2 when a group needs several
-// tiles. When (sequences x kv heads) cannot fill the GPU, the positions of a
-// sequence are split: each split writes its unnormalised output with its
-// running max and sum to the workspace, and a second kernel merges the splits
-// with a log-sum-exp weighting. A sequence that fits one split (short
-// contexts, or every context when the batch alone fills the GPU) is finished
-// by its single block, and the merge kernel skips it.
-//
-// Inside a block. The split's positions go in tiles of kTile. A row of K or V
-// (head_dim halves) is read by kLanesPerRow lanes, 16 bytes (8 halves) each,
-// so a warp reads 32 / kLanesPerRow whole rows per load. For each tile:
-//   1. scores: each lane dots its 8 K values with its 8 values of each query
-//      head (held in registers); a butterfly over the row's lanes sums them;
-//   2. online softmax: one warp per head takes the tile's max, turns scores
-//      into exp(s - m_new) in shared memory, and rescales the running sum;
-//   3. values: each lane rescales its accumulators by exp(m_old - m_new) and
-//      adds p * V for its rows and 8 dims.
-// At the end the row lanes' partial outputs are summed by shuffles within the
-// warp, then across warps in shared memory in a fixed order (deterministic).
+// The kernels are thin wrappers over attention_device.cuh, which describes
+// the work split and what a block does.
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -31,35 +10,21 @@
 #include "cuda/attention.cuh"
 
 #include "absl/strings/str_cat.h"
+#include "cuda/attention_device.cuh"
 #include "cuda/cuda_check.h"
-#include "cuda/kernel_util.h"
 
 namespace m40llm::gpu {
 namespace {
 
-using internal::kWarpSize;
+using attention::kBlock;
+using attention::kMaxSplits;
+using attention::kTile;
 
-constexpr int kBlock = 128;        // threads per attention block (4 warps)
-constexpr int kTile = 128;         // positions per tile (shared scores: kHeads x kTile)
 constexpr int kMinSplitLen = 256;  // never split a context into pieces shorter than this
-constexpr int kMaxSplits = 32;     // the merge reads one split per lane of one warp
 constexpr int kTargetBlocksPerSm = 4;
-static_assert(kMaxSplits <= kWarpSize, "the merge kernel weights the splits in one warp");
 static_assert(kMinSplitLen % kTile == 0, "splits are whole tiles");
 
-__device__ __forceinline__ float WarpMax(float v) {
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  }
-  return v;
-}
-
-// A sequence's (slot, length) as the kernels accept them; others give NaN.
-__device__ __forceinline__ bool ValidSequence(int slot, int len, int max_slots, int max_len) {
-  return slot >= 0 && slot < max_slots && len >= 1 && len <= max_len;
-}
-
+// Grid (kv heads x head tiles, splits, sequences).
 template <int kLanesPerRow, int kHeads>
 __global__ void __launch_bounds__(kBlock)
     DecodeAttentionKernel(const float* __restrict__ q,  // (n_seq, q_stride), heads packed in a row
@@ -73,210 +38,14 @@ __global__ void __launch_bounds__(kBlock)
                           float* __restrict__ part_o,   // (n_seq, n_head, n_splits, head_dim)
                           float* __restrict__ part_ml,  // (n_seq, n_head, n_splits, 2)
                           float* __restrict__ out) {    // (n_seq, n_head, head_dim)
-  static_assert(
-      kLanesPerRow >= 1 && kLanesPerRow <= kWarpSize && (kLanesPerRow & (kLanesPerRow - 1)) == 0,
-      "a row's lanes are a power-of-two group of a warp");
-  constexpr int kWarps = kBlock / kWarpSize;
-  constexpr int kRowsPerWarp = kWarpSize / kLanesPerRow;
-  constexpr int kRowsPerStep = kWarps * kRowsPerWarp;
-  // Warp w runs the softmax of heads w, w + kWarps, ...
-  constexpr int kHeadsPerWarp = (kHeads + kWarps - 1) / kWarps;
-  // Score rows in flight per lane. With 4 lanes a row (head_dim <= 32) ptxas
-  // 11.8 spills a few registers at 4 for sm_52; those heads are rare.
-  constexpr int kScoreUnroll = kLanesPerRow <= 4 ? 2 : 4;
-  __shared__ float s_p[kHeads][kTile];  // scores, then exp(score - running max)
-  __shared__ float s_m[kHeads];         // final max, published after the last tile
-  __shared__ float s_l[kHeads];         // final sum of exp(score - max), likewise
-  __shared__ float s_alpha[kHeads];     // this tile's rescale of the old accumulators
-  __shared__ float s_o[kHeads][kAttentionMaxHeadDim];  // the block's summed output
-
-  const int tiles_per_kv = (group + kHeads - 1) / kHeads;
-  const int kv_head = static_cast<int>(blockIdx.x) / tiles_per_kv;
-  const int h0 = kv_head * group + (static_cast<int>(blockIdx.x) % tiles_per_kv) * kHeads;
-  const int n_h = min(kHeads, (kv_head + 1) * group - h0);  // real heads in this tile
-  const int split = blockIdx.y;
-  const int64_t seq = blockIdx.z;
-  const int slot = __ldg(slots + seq);
-  const int len = __ldg(lengths + seq);
-  float* out_rows = out + (seq * n_head + h0) * head_dim;  // (n_h, head_dim)
-
-  if (!ValidSequence(slot, len, max_slots, max_len)) {
-    if (split == 0) {
-      for (int i = threadIdx.x; i < n_h * head_dim; i += kBlock) out_rows[i] = NAN;
-    }
-    return;
-  }
-  const int n_active = (len + split_len - 1) / split_len;
-  if (split >= n_active) return;  // block-uniform: before any barrier
-  const int begin = split * split_len;
-  const int end = min(len, begin + split_len);
-
-  const int lane = threadIdx.x % kWarpSize;
-  const int warp = threadIdx.x / kWarpSize;
-  const int sub = lane / kLanesPerRow;  // which row of the warp's group of rows
-  const int d0 = (lane % kLanesPerRow) * 8;
-  const bool has_dims = d0 < head_dim;  // lanes past head_dim read nothing
-
-  // This lane's 8 dims of each query head; heads past n_h are zeros.
-  float qr[kHeads][8];
-#pragma unroll
-  for (int g = 0; g < kHeads; ++g) {
-    const float* qh = q + seq * q_stride + (h0 + g) * head_dim + d0;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) qr[g][k] = (g < n_h && has_dims) ? __ldg(qh + k) : 0.0f;
-  }
-  float acc[kHeads][8];
-#pragma unroll
-  for (int g = 0; g < kHeads; ++g) {
-#pragma unroll
-    for (int k = 0; k < 8; ++k) acc[g][k] = 0.0f;
-  }
-  // Running max and sum of exp(score - max) of head warp + j * kWarps, the
-  // same in every lane of the warp that owns the head.
-  float m_run[kHeadsPerWarp];
-  float l_run[kHeadsPerWarp];
-#pragma unroll
-  for (int j = 0; j < kHeadsPerWarp; ++j) {
-    m_run[j] = -INFINITY;
-    l_run[j] = 0.0f;
-  }
-
-  const int64_t head_stride = static_cast<int64_t>(ctx_per_slot) * head_dim;
-  const int64_t kv_off = (static_cast<int64_t>(slot) * n_head_kv + kv_head) * head_stride + d0;
-  const uint16_t* k_rows = k_cache + kv_off;  // row j at k_rows + j * head_dim
-  const uint16_t* v_rows = v_cache + kv_off;
-
-  for (int tile0 = begin; tile0 < end; tile0 += kTile) {
-    const int n_rows = min(kTile, end - tile0);
-    const uint16_t* k_tile = k_rows + static_cast<int64_t>(tile0) * head_dim;
-    const uint16_t* v_tile = v_rows + static_cast<int64_t>(tile0) * head_dim;
-
-    // 1. Scores. r0 is warp-uniform so every lane reaches the shuffles; rows
-    // past the tile load nothing and store nothing.
-#pragma unroll kScoreUnroll
-    for (int r0 = warp * kRowsPerWarp; r0 < n_rows; r0 += kRowsPerStep) {
-      const int r = r0 + sub;
-      const bool row_ok = r < n_rows;
-      float kf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      if (row_ok && has_dims) {
-        const uint4 u =
-            __ldg(reinterpret_cast<const uint4*>(k_tile + static_cast<int64_t>(r) * head_dim));
-        internal::UnpackHalf8(u, kf);
-      }
-#pragma unroll
-      for (int g = 0; g < kHeads; ++g) {
-        float s = 0.0f;
-#pragma unroll
-        for (int k = 0; k < 8; ++k) s = fmaf(qr[g][k], kf[k], s);
-#pragma unroll
-        for (int offset = kLanesPerRow / 2; offset > 0; offset /= 2) {
-          s += __shfl_xor_sync(0xffffffffu, s, offset);
-        }
-        if (row_ok && d0 == 0) s_p[g][r] = s * scale;
-      }
-    }
-    __syncthreads();
-
-    // 2. Online softmax, one warp per head (padded heads too: their scores
-    // are zeros, harmless, and never stored).
-#pragma unroll
-    for (int j = 0; j < kHeadsPerWarp; ++j) {
-      const int g = warp + j * kWarps;
-      if (g >= kHeads) break;  // warp-uniform
-      float mx = -INFINITY;
-      for (int r = lane; r < n_rows; r += kWarpSize) mx = fmaxf(mx, s_p[g][r]);
-      const float m_new = fmaxf(m_run[j], WarpMax(mx));
-      float sum = 0.0f;
-      for (int r = lane; r < n_rows; r += kWarpSize) {
-        const float p = expf(s_p[g][r] - m_new);
-        s_p[g][r] = p;
-        sum += p;
-      }
-      const float alpha = expf(m_run[j] - m_new);  // 0 on the first tile (m_run = -inf)
-      l_run[j] = l_run[j] * alpha + internal::WarpSum(sum);
-      m_run[j] = m_new;
-      if (lane == 0) s_alpha[g] = alpha;
-    }
-    __syncthreads();
-
-    // 3. Values: no shuffles here, so rows may diverge within a warp.
-#pragma unroll
-    for (int g = 0; g < kHeads; ++g) {
-      const float alpha = s_alpha[g];
-#pragma unroll
-      for (int k = 0; k < 8; ++k) acc[g][k] *= alpha;
-    }
-    if (has_dims) {
-#pragma unroll 2
-      for (int r = warp * kRowsPerWarp + sub; r < n_rows; r += kRowsPerStep) {
-        float vf[8];
-        const uint4 u =
-            __ldg(reinterpret_cast<const uint4*>(v_tile + static_cast<int64_t>(r) * head_dim));
-        internal::UnpackHalf8(u, vf);
-#pragma unroll
-        for (int g = 0; g < kHeads; ++g) {
-          const float p = s_p[g][r];
-#pragma unroll
-          for (int k = 0; k < 8; ++k) acc[g][k] = fmaf(p, vf[k], acc[g][k]);
-        }
-      }
-    }
-    __syncthreads();  // the next tile overwrites s_p and s_alpha
-  }
-
-  // Sum the warp's rows: lanes with the same d0 are kLanesPerRow apart.
-#pragma unroll
-  for (int offset = kLanesPerRow; offset < kWarpSize; offset *= 2) {
-#pragma unroll
-    for (int g = 0; g < kHeads; ++g) {
-#pragma unroll
-      for (int k = 0; k < 8; ++k) acc[g][k] += __shfl_xor_sync(0xffffffffu, acc[g][k], offset);
-    }
-  }
-  // Publish the softmax state (read after the barriers below) and sum the
-  // warps' outputs, in warp order.
-#pragma unroll
-  for (int j = 0; j < kHeadsPerWarp; ++j) {
-    const int g = warp + j * kWarps;
-    if (g < kHeads && lane == 0) {
-      s_m[g] = m_run[j];
-      s_l[g] = l_run[j];
-    }
-  }
-  for (int w = 0; w < kWarps; ++w) {
-    if (warp == w && sub == 0 && has_dims) {
-#pragma unroll
-      for (int g = 0; g < kHeads; ++g) {
-#pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          s_o[g][d0 + k] = (w == 0 ? 0.0f : s_o[g][d0 + k]) + acc[g][k];
-        }
-      }
-    }
-    __syncthreads();
-  }
-
-  if (n_active == 1) {
-    for (int i = threadIdx.x; i < n_h * head_dim; i += kBlock) {
-      const int g = i / head_dim;
-      out_rows[i] = s_o[g][i - g * head_dim] / s_l[g];
-    }
-  } else {
-    for (int i = threadIdx.x; i < n_h * head_dim; i += kBlock) {
-      const int g = i / head_dim;
-      const int64_t row = (seq * n_head + h0 + g) * n_splits + split;
-      part_o[row * head_dim + (i - g * head_dim)] = s_o[g][i - g * head_dim];
-    }
-    if (threadIdx.x < n_h) {
-      const int64_t row = (seq * n_head + h0 + threadIdx.x) * n_splits + split;
-      part_ml[row * 2] = s_m[threadIdx.x];
-      part_ml[row * 2 + 1] = s_l[threadIdx.x];
-    }
-  }
+  __shared__ attention::DecodeAttentionShared<kHeads> shared;
+  attention::DecodeAttentionBlock<kLanesPerRow, kHeads>(
+      static_cast<int>(blockIdx.x), blockIdx.y, blockIdx.z, q, q_stride, slots, lengths, k_cache,
+      v_cache, max_len, n_head, n_head_kv, head_dim, max_slots, ctx_per_slot, group, split_len,
+      n_splits, scale, part_o, part_ml, out, shared);
 }
 
-// One block per (head, sequence) that was split: out = sum_s w_s o_s /
-// sum_s w_s l_s with w_s = exp(m_s - max_s m_s).
+// Grid (heads, sequences).
 template <int kMergeBlock>
 __global__ void __launch_bounds__(kMergeBlock)
     DecodeAttentionMergeKernel(const int32_t* __restrict__ slots,    // (n_seq)
@@ -286,37 +55,10 @@ __global__ void __launch_bounds__(kMergeBlock)
                                const float* __restrict__ part_o,   // (n_seq, n_head, n_splits, hd)
                                const float* __restrict__ part_ml,  // (n_seq, n_head, n_splits, 2)
                                float* __restrict__ out) {          // (n_seq, n_head, head_dim)
-  __shared__ float s_w[kMaxSplits];
-  __shared__ float s_total;
-  const int h = blockIdx.x;
-  const int64_t seq = blockIdx.y;
-  const int slot = __ldg(slots + seq);
-  const int len = __ldg(lengths + seq);
-  // Invalid sequences already hold NaN; one-split sequences their output.
-  if (!ValidSequence(slot, len, max_slots, max_len)) return;
-  const int n_active = (len + split_len - 1) / split_len;
-  if (n_active <= 1) return;
-
-  const int64_t row0 = (seq * n_head + h) * n_splits;
-  if (threadIdx.x < kWarpSize) {
-    const int s = threadIdx.x;
-    const bool active = s < n_active;
-    const float m = active ? __ldg(part_ml + (row0 + s) * 2) : -INFINITY;
-    const float l = active ? __ldg(part_ml + (row0 + s) * 2 + 1) : 0.0f;
-    const float m_max = WarpMax(m);
-    const float w = active ? expf(m - m_max) : 0.0f;
-    const float total = internal::WarpSum(w * l);
-    if (s < kMaxSplits) s_w[s] = w;
-    if (s == 0) s_total = total;
-  }
-  __syncthreads();
-  const float total = s_total;
-  for (int d = threadIdx.x; d < head_dim; d += kMergeBlock) {
-    float acc = 0.0f;
-    for (int s = 0; s < n_active; ++s)
-      acc = fmaf(s_w[s], __ldg(part_o + (row0 + s) * head_dim + d), acc);
-    out[(seq * n_head + h) * head_dim + d] = acc / total;
-  }
+  __shared__ attention::DecodeAttentionMergeShared shared;
+  attention::DecodeAttentionMergeBlock<kMergeBlock>(blockIdx.x, blockIdx.y, slots, lengths, max_len,
+                                                    max_slots, n_head, head_dim, split_len,
+                                                    n_splits, part_o, part_ml, out, shared);
 }
 
 // How a call splits its contexts.
@@ -410,59 +152,59 @@ int DecodeAttentionFixedSplitLen(int ctx_per_slot) {
   return static_cast<int>(std::max<int64_t>(kMinSplitLen, CeilDiv(per_split, kTile) * kTile));
 }
 
-absl::Status LaunchDecodeAttention(const float* q, int n_seq, int n_head, const int32_t* slots,
-                                   const int32_t* lengths, int max_len, int n_head_kv, int head_dim,
-                                   const uint16_t* k_cache, const uint16_t* v_cache, int max_slots,
-                                   int ctx_per_slot, void* workspace, size_t workspace_bytes,
-                                   float* out, cudaStream_t stream, int fixed_split_len,
-                                   int64_t q_row_stride) {
-  if (n_seq < 0) return absl::InvalidArgumentError("LaunchDecodeAttention: negative n_seq");
-  if (n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv != 0) {
+absl::Status LaunchDecodeAttention(const DecodeAttentionArgs& args, cudaStream_t stream) {
+  const KvCacheLayer& cache = args.cache;
+  size_t workspace_bytes = args.workspace_bytes;
+  if (args.n_seq < 0) return absl::InvalidArgumentError("LaunchDecodeAttention: negative n_seq");
+  if (args.n_head <= 0 || cache.n_head_kv <= 0 || args.n_head % cache.n_head_kv != 0) {
     return absl::InvalidArgumentError(
         "LaunchDecodeAttention: n_head must be a positive multiple of n_head_kv");
   }
-  if (head_dim < kAttentionHeadDimAlign || head_dim > kAttentionMaxHeadDim ||
-      head_dim % kAttentionHeadDimAlign != 0) {
+  if (cache.head_dim < kAttentionHeadDimAlign || cache.head_dim > kAttentionMaxHeadDim ||
+      cache.head_dim % kAttentionHeadDimAlign != 0) {
     return absl::InvalidArgumentError(
         "LaunchDecodeAttention: head_dim must be a multiple of 8 in [8, 256]");
   }
-  if (max_slots <= 0 || ctx_per_slot <= 0) {
+  if (cache.max_slots <= 0 || cache.ctx_per_slot <= 0) {
     return absl::InvalidArgumentError(
         "LaunchDecodeAttention: max_slots and ctx_per_slot must be positive");
   }
-  if (static_cast<double>(max_slots) * n_head_kv * ctx_per_slot * head_dim >= 9.0e18) {
+  if (static_cast<double>(cache.max_slots) * cache.n_head_kv * cache.ctx_per_slot *
+          cache.head_dim >=
+      9.0e18) {
     return absl::InvalidArgumentError("LaunchDecodeAttention: cache shape exceeds int64 indexing");
   }
-  if (n_seq > 65535) {
+  if (args.n_seq > 65535) {
     return absl::InvalidArgumentError("LaunchDecodeAttention: n_seq exceeds 65535 (grid z)");
   }
-  if (q_row_stride != 0 && q_row_stride < static_cast<int64_t>(n_head) * head_dim) {
+  if (args.q_row_stride != 0 &&
+      args.q_row_stride < static_cast<int64_t>(args.n_head) * cache.head_dim) {
     return absl::InvalidArgumentError(
         "LaunchDecodeAttention: q_row_stride must be 0 or at least n_head * head_dim");
   }
-  if (n_seq == 0) return absl::OkStatus();
-  if (max_len < 1 || max_len > ctx_per_slot) {
+  if (args.n_seq == 0) return absl::OkStatus();
+  if (args.max_len < 1 || args.max_len > cache.ctx_per_slot) {
     return absl::InvalidArgumentError(
         "LaunchDecodeAttention: max_len must be in [1, ctx_per_slot]");
   }
-  if (q == nullptr || slots == nullptr || lengths == nullptr || k_cache == nullptr ||
-      v_cache == nullptr || out == nullptr) {
+  if (args.q == nullptr || args.slots == nullptr || args.lengths == nullptr || cache.k == nullptr ||
+      cache.v == nullptr || args.out == nullptr) {
     return absl::InvalidArgumentError("LaunchDecodeAttention: null pointer");
   }
-  if (reinterpret_cast<uintptr_t>(k_cache) % 16 != 0 ||
-      reinterpret_cast<uintptr_t>(v_cache) % 16 != 0) {
+  if (reinterpret_cast<uintptr_t>(cache.k) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(cache.v) % 16 != 0) {
     return absl::InvalidArgumentError("LaunchDecodeAttention: caches must be 16-byte aligned");
   }
-  if (workspace == nullptr) workspace_bytes = 0;
-  if (reinterpret_cast<uintptr_t>(workspace) % alignof(float) != 0) {
+  if (args.workspace == nullptr) workspace_bytes = 0;
+  if (reinterpret_cast<uintptr_t>(args.workspace) % alignof(float) != 0) {
     return absl::InvalidArgumentError("LaunchDecodeAttention: workspace must be 4-byte aligned");
   }
 
-  const int group = n_head / n_head_kv;
+  const int group = args.n_head / cache.n_head_kv;
   const int heads_per_block = group == 1 ? 1 : group == 2 ? 2 : group <= 4 ? 4 : 8;
   const int64_t base_blocks =
-      static_cast<int64_t>(n_seq) * n_head_kv * CeilDiv(group, heads_per_block);
-  if (base_blocks / n_seq > INT_MAX) {
+      static_cast<int64_t>(args.n_seq) * cache.n_head_kv * CeilDiv(group, heads_per_block);
+  if (base_blocks / args.n_seq > INT_MAX) {
     return absl::InvalidArgumentError("LaunchDecodeAttention: too many heads for the grid");
   }
   int device = 0;
@@ -471,52 +213,54 @@ absl::Status LaunchDecodeAttention(const float* q, int n_seq, int n_head, const 
   CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
 
   KernelArgs a{};
-  a.q = q;
-  a.q_stride = q_row_stride > 0 ? q_row_stride : static_cast<int64_t>(n_head) * head_dim;
-  a.slots = slots;
-  a.lengths = lengths;
-  a.k_cache = k_cache;
-  a.v_cache = v_cache;
-  a.max_len = max_len;
-  a.n_head = n_head;
-  a.n_head_kv = n_head_kv;
-  a.head_dim = head_dim;
-  a.max_slots = max_slots;
-  a.ctx_per_slot = ctx_per_slot;
+  a.q = args.q;
+  a.q_stride = args.q_row_stride > 0 ? args.q_row_stride
+                                     : static_cast<int64_t>(args.n_head) * cache.head_dim;
+  a.slots = args.slots;
+  a.lengths = args.lengths;
+  a.k_cache = cache.k;
+  a.v_cache = cache.v;
+  a.max_len = args.max_len;
+  a.n_head = args.n_head;
+  a.n_head_kv = cache.n_head_kv;
+  a.head_dim = cache.head_dim;
+  a.max_slots = cache.max_slots;
+  a.ctx_per_slot = cache.ctx_per_slot;
   a.group = group;
-  if (fixed_split_len > 0) {
-    if (fixed_split_len % kTile != 0) {
+  if (args.fixed_split_len > 0) {
+    if (args.fixed_split_len % kTile != 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           "LaunchDecodeAttention: fixed_split_len must be a multiple of ", kTile));
     }
-    a.plan.split_len = fixed_split_len;
-    a.plan.n_splits = static_cast<int>(CeilDiv(max_len, fixed_split_len));
+    a.plan.split_len = args.fixed_split_len;
+    a.plan.n_splits = static_cast<int>(CeilDiv(args.max_len, args.fixed_split_len));
     if (a.plan.n_splits > kMaxSplits ||
         (a.plan.n_splits > 1 &&
          static_cast<int64_t>(workspace_bytes) <
-             BytesPerSplit(n_seq, n_head, head_dim) * a.plan.n_splits)) {
+             BytesPerSplit(args.n_seq, args.n_head, cache.head_dim) * a.plan.n_splits)) {
       return absl::InvalidArgumentError(
           "LaunchDecodeAttention: fixed_split_len leaves more splits than the merge or the "
           "workspace can take");
     }
   } else {
-    a.plan =
-        PlanSplits(base_blocks, sm_count, max_len, n_seq, n_head, head_dim, workspace_bytes);
+    a.plan = PlanSplits(base_blocks, sm_count, args.max_len, args.n_seq, args.n_head,
+                        cache.head_dim, workspace_bytes);
   }
   // As the CPU engine computes it.
-  a.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  a.out = out;
-  a.n_seq = n_seq;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(cache.head_dim));
+  a.out = args.out;
+  a.n_seq = args.n_seq;
   if (a.plan.n_splits > 1) {
     // part_o then part_ml; PlanSplits kept them within workspace_bytes.
-    a.part_o = static_cast<float*>(workspace);
-    a.part_ml = a.part_o + static_cast<int64_t>(n_seq) * n_head * a.plan.n_splits * head_dim;
+    a.part_o = static_cast<float*>(args.workspace);
+    a.part_ml = a.part_o +
+                static_cast<int64_t>(args.n_seq) * args.n_head * a.plan.n_splits * cache.head_dim;
   } else {
     a.part_o = nullptr;
     a.part_ml = nullptr;
   }
 
-  const int lanes = head_dim / 8;  // lanes that hold a row's dims
+  const int lanes = cache.head_dim / 8;  // lanes that hold a row's dims
   if (lanes <= 4) {
     LaunchForHeads<4>(heads_per_block, a, stream);
   } else if (lanes <= 8) {
@@ -529,10 +273,10 @@ absl::Status LaunchDecodeAttention(const float* q, int n_seq, int n_head, const 
   CUDA_RETURN_IF_LAUNCH_ERROR();
   if (a.plan.n_splits > 1) {
     constexpr int kMergeBlock = 128;
-    const dim3 grid(static_cast<unsigned int>(n_head), static_cast<unsigned int>(n_seq));
+    const dim3 grid(static_cast<unsigned int>(args.n_head), static_cast<unsigned int>(args.n_seq));
     DecodeAttentionMergeKernel<kMergeBlock><<<grid, kMergeBlock, 0, stream>>>(
-        slots, lengths, max_len, max_slots, n_head, head_dim, a.plan.split_len, a.plan.n_splits,
-        a.part_o, a.part_ml, out);
+        args.slots, args.lengths, args.max_len, cache.max_slots, args.n_head, cache.head_dim,
+        a.plan.split_len, a.plan.n_splits, a.part_o, a.part_ml, args.out);
     CUDA_RETURN_IF_LAUNCH_ERROR();
   }
   return absl::OkStatus();

@@ -1,7 +1,7 @@
 // Decode attention over the FP16 KV cache: one query token per sequence,
 // causal by construction (a sequence attends to the positions it has filled).
 //
-// Cache layout as in kv_cache.cuh: one layer's base pointer,
+// Cache layout as in kv_cache.cuh: one layer's KvCacheLayer,
 // (max_slots, n_head_kv, ctx_per_slot, head_dim) FP16 bits.
 #pragma once
 
@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "cuda/kv_cache.cuh"
 
 namespace m40llm::gpu {
 
@@ -26,23 +27,47 @@ inline constexpr int kAttentionMaxHeadDim = 256;
 // fewer splits, down to one pass per (sequence, head) with no scratch.
 size_t DecodeAttentionWorkspaceBytes(int max_seqs, int n_head, int head_dim, int ctx_per_slot);
 
+// Arguments of LaunchDecodeAttention.
+struct DecodeAttentionArgs {
+  // (n_seq, n_head, head_dim) FP32, device (rows q_row_stride apart).
+  const float* q = nullptr;
+  int n_seq = 0;
+  int n_head = 0;
+  // (n_seq) int32, device. Lengths count positions already appended (length
+  // = position of the query token + 1). These are not readable here: a
+  // sequence whose slot is outside [0, max_slots) or whose length is outside
+  // [1, max_len] gets NaN outputs, and nothing outside its slot's filled
+  // positions is read.
+  const int32_t* slots = nullptr;
+  const int32_t* lengths = nullptr;
+  // A host-side upper bound of the lengths, 1 <= max_len <= ctx_per_slot; it
+  // decides how finely long contexts are split across blocks.
+  int max_len = 0;
+  KvCacheLayer cache;  // k and v 16-byte aligned
+  // workspace_bytes of device scratch (4-byte aligned), or null/0.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  // (n_seq, n_head, head_dim) FP32, device; must not alias q or workspace.
+  float* out = nullptr;
+  // 0 plans the splits for speed from the whole call (n_seq, max_len, the
+  // device), so a sequence's result can change in the last bits with what
+  // else is in the batch. A positive value (from DecodeAttentionFixedSplitLen)
+  // cuts every context into pieces of exactly that many positions, so each
+  // sequence's output depends only on its own data: batch-invariant decoding.
+  // The workspace must then hold the splits of max_len
+  // (DecodeAttentionWorkspaceBytes covers it).
+  int fixed_split_len = 0;
+  // Floats from one sequence's q row to the next; 0 means n_head * head_dim
+  // (packed). A larger stride reads Q inside a fused QKV row.
+  int64_t q_row_stride = 0;
+};
+
 // out[s, h, :] = softmax_j(q[s, h, :] . K[j, :] / sqrt(head_dim)) V[j, :] over
 // the positions j in [0, lengths[s]) of slot slots[s], with K and V the rows
 // of kv head h / (n_head / n_head_kv) (grouped-query attention; MQA and MHA
 // are the n_head_kv == 1 and == n_head cases). Scores, softmax and sums in
 // FP32; K and V are widened from FP16 exactly, as the CPU engine reads them.
-//
-// q: (n_seq, n_head, head_dim) FP32, device.
-// slots, lengths: (n_seq) int32, device. Lengths count positions already
-//   appended (length = position of the query token + 1). These are not
-//   readable here: a sequence whose slot is outside [0, max_slots) or whose
-//   length is outside [1, max_len] gets NaN outputs, and nothing outside its
-//   slot's filled positions is read.
-// max_len: a host-side upper bound of the lengths, 1 <= max_len <= ctx_per_slot;
-//   it decides how finely long contexts are split across blocks.
-// k_cache, v_cache: one layer, 16-byte aligned, device.
-// workspace: workspace_bytes of device scratch (4-byte aligned), or null/0.
-// out: (n_seq, n_head, head_dim) FP32, device; must not alias q or workspace.
+// DecodeAttentionArgs gives the shapes.
 //
 // Constraints: n_head a multiple of n_head_kv; head_dim a multiple of 8 in
 // [8, 256]; n_seq <= 65535.
@@ -51,24 +76,8 @@ size_t DecodeAttentionWorkspaceBytes(int max_seqs, int n_head, int head_dim, int
 // V are appended, pass each query token as its own entry with its slot and
 // length position + 1. That is exact causal attention, but it reads the
 // sequence's K and V once per query token (through L2), not once per tile.
-//
-// fixed_split_len: 0 plans the splits for speed from the whole call (n_seq,
-// max_len, the device), so a sequence's result can change in the last bits
-// with what else is in the batch. A positive value (from
-// DecodeAttentionFixedSplitLen) cuts every context into pieces of exactly that
-// many positions, so each sequence's output depends only on its own data:
-// batch-invariant decoding. The workspace must then hold the splits of
-// max_len (DecodeAttentionWorkspaceBytes covers it).
-// q_row_stride: floats from one sequence's q row to the next; 0 means
-// n_head * head_dim (packed). A larger stride reads Q inside a fused QKV row.
-[[nodiscard]] absl::Status LaunchDecodeAttention(const float* q, int n_seq, int n_head,
-                                                 const int32_t* slots, const int32_t* lengths,
-                                                 int max_len, int n_head_kv, int head_dim,
-                                                 const uint16_t* k_cache, const uint16_t* v_cache,
-                                                 int max_slots, int ctx_per_slot, void* workspace,
-                                                 size_t workspace_bytes, float* out,
-                                                 cudaStream_t stream, int fixed_split_len = 0,
-                                                 int64_t q_row_stride = 0);
+[[nodiscard]] absl::Status LaunchDecodeAttention(const DecodeAttentionArgs& args,
+                                                 cudaStream_t stream);
 
 // The split length for batch-invariant calls on a cache of ctx_per_slot
 // positions: the shortest whole number of tiles, at least the minimum split,

@@ -1,7 +1,7 @@
 // Causal prefill attention over the FP16 KV cache: chunks of consecutive
 // query tokens, each attending to every earlier position of its sequence.
 //
-// Cache layout as in kv_cache.cuh: one layer's base pointer,
+// Cache layout as in kv_cache.cuh: one layer's KvCacheLayer,
 // (max_slots, n_head_kv, ctx_per_slot, head_dim) FP16 bits. The engine
 // appends a chunk's K and V (LaunchKvAppend) before this runs, so a chunk's
 // own positions are read from the cache like the earlier ones.
@@ -12,8 +12,37 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "cuda/kv_cache.cuh"
 
 namespace m40llm::gpu {
+
+// Arguments of LaunchPrefillAttention.
+struct PrefillAttentionArgs {
+  const float* q = nullptr;  // (n_tok, n_head, head_dim) FP32, device, 16-byte aligned
+  int64_t n_tok = 0;
+  int n_head = 0;
+  // (n_chunks) int32 each, device. Not readable here, so checked on the
+  // device: a chunk whose slot is outside [0, max_slots), whose pos is
+  // negative, whose len exceeds max_chunk_len, or whose pos + len exceeds
+  // min(ctx_per_slot, max_context) gets NaN in all its output rows, and
+  // nothing outside its slot's positions [0, pos + len) is read. A chunk whose
+  // rows are not inside [0, n_tok) (negative row or len, row + len > n_tok)
+  // names no rows it could own: it reads and writes nothing. Chunks must not
+  // share output rows.
+  const int32_t* chunk_slot = nullptr;
+  const int32_t* chunk_pos = nullptr;
+  const int32_t* chunk_len = nullptr;
+  const int32_t* chunk_row = nullptr;
+  // Host-side bounds for the grid: max_chunk_len >= every len (the grid
+  // covers that many tokens per chunk), 1 <= max_context <= ctx_per_slot and
+  // >= every pos + len.
+  int n_chunks = 0;
+  int max_chunk_len = 0;
+  int max_context = 0;
+  KvCacheLayer cache;  // k and v 16-byte aligned
+  // (n_tok, n_head, head_dim) FP32, device, 16-byte aligned; must not alias q.
+  float* out = nullptr;
+};
 
 // Chunk c: query rows [row[c], row[c] + len[c]) of q and out are the tokens
 // of slot slot[c] at positions pos[c] .. pos[c] + len[c] - 1; token i of the
@@ -24,22 +53,7 @@ namespace m40llm::gpu {
 //   out[r, h, :] = softmax_j(q[r, h, :] . K[j, :] / sqrt(head_dim)) V[j, :].
 // Scores, softmax and sums in FP32; K and V widened from FP16 exactly, as the
 // CPU engine reads them. Rows of q/out that no chunk names are not written.
-//
-// q: (n_tok, n_head, head_dim) FP32, device, 16-byte aligned.
-// chunk_slot, chunk_pos, chunk_len, chunk_row: (n_chunks) int32 each, device.
-//   Not readable here, so checked on the device: a chunk whose slot is
-//   outside [0, max_slots), whose pos is negative, whose len exceeds
-//   max_chunk_len, or whose pos + len exceeds min(ctx_per_slot, max_context)
-//   gets NaN in all its output rows, and nothing outside its slot's positions
-//   [0, pos + len) is read. A chunk whose rows are not inside [0, n_tok)
-//   (negative row or len, row + len > n_tok) names no rows it could own: it
-//   reads and writes nothing. Chunks must not share output rows.
-// n_chunks, max_chunk_len, max_context: host-side bounds for the grid:
-//   max_chunk_len >= every len (the grid covers that many tokens per chunk),
-//   1 <= max_context <= ctx_per_slot and >= every pos + len.
-// k_cache, v_cache: one layer, 16-byte aligned, device.
-// out: (n_tok, n_head, head_dim) FP32, device, 16-byte aligned; must not
-//   alias q.
+// PrefillAttentionArgs gives the shapes.
 //
 // Constraints: n_head a multiple of n_head_kv; head_dim a multiple of 8 in
 // [8, 256] (64 and 128 have their own kernels; others run on the next of
@@ -52,11 +66,7 @@ namespace m40llm::gpu {
 // entry per token reads it. The keys of a block are not split across blocks:
 // a short chunk far into a long context (decode-like) is faster through
 // LaunchDecodeAttention, which splits long contexts.
-[[nodiscard]] absl::Status LaunchPrefillAttention(
-    const float* q, int64_t n_tok, int n_head, int n_head_kv, int head_dim,
-    const int32_t* chunk_slot, const int32_t* chunk_pos, const int32_t* chunk_len,
-    const int32_t* chunk_row, int n_chunks, int max_chunk_len, int max_context,
-    const uint16_t* k_cache, const uint16_t* v_cache, int max_slots, int ctx_per_slot, float* out,
-    cudaStream_t stream);
+[[nodiscard]] absl::Status LaunchPrefillAttention(const PrefillAttentionArgs& args,
+                                                  cudaStream_t stream);
 
 }  // namespace m40llm::gpu

@@ -1,9 +1,9 @@
-// SwiGLU and residual-add kernels and launchers (see elementwise.cuh).
-// Pointers are not __restrict__: the outputs may alias an input, and each
-// thread reads an element before it writes the same element.
+// SwiGLU and residual-add kernels and launchers (see elementwise.cuh). The
+// pointers are not __restrict__ (elementwise_device.cuh says why).
 #include "absl/strings/str_cat.h"
 #include "cuda/cuda_check.h"
 #include "cuda/elementwise.cuh"
+#include "cuda/elementwise_device.cuh"
 #include "cuda/kernel_util.h"
 
 namespace m40llm::gpu {
@@ -11,17 +11,11 @@ namespace {
 
 constexpr int kElementwiseBlock = 256;
 
-// silu(g) * u; expf (not __expf): full-precision exponential, as the CPU
-// reference.
-__device__ __forceinline__ float SwiGlu(float g, float u) { return g / (1.0f + expf(-g)) * u; }
-
+// Each kernel is one grid-stride loop (elementwise_device.cuh).
 template <int kBlock>
 __global__ void __launch_bounds__(kBlock)
     SwiGluKernel(const float* gate, const float* up, int64_t n, float* out) {  // all (n)
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * kBlock) {
-    out[i] = SwiGlu(gate[i], up[i]);
-  }
+  elementwise::SwiGluStrided<kBlock>(blockIdx.x, gridDim.x, gate, up, n, out);
 }
 
 template <int kBlock>
@@ -29,23 +23,13 @@ __global__ void __launch_bounds__(kBlock)
     SwiGluRowsKernel(const float* gate_up,  // (n_rows, 2 n): gate then up, per row
                      int64_t n_rows, int64_t n,
                      float* out) {  // (n_rows, n)
-  const int64_t total = n_rows * n;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * kBlock) {
-    const int64_t r = i / n;
-    const int64_t c = i - r * n;
-    const float* row = gate_up + r * 2 * n;
-    out[i] = SwiGlu(row[c], row[n + c]);
-  }
+  elementwise::SwiGluRowsStrided<kBlock>(blockIdx.x, gridDim.x, gate_up, n_rows, n, out);
 }
 
 template <int kBlock>
 __global__ void __launch_bounds__(kBlock)
     AddKernel(const float* a, const float* b, int64_t n, float* out) {  // all (n)
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * kBlock) {
-    out[i] = a[i] + b[i];
-  }
+  elementwise::AddStrided<kBlock>(blockIdx.x, gridDim.x, a, b, n, out);
 }
 
 absl::Status CheckArgs(const char* what, const float* p, const float* q, int64_t n,

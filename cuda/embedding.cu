@@ -1,8 +1,7 @@
 // Embedding gather kernel and launcher (see embedding.cuh).
-#include <cmath>
-
 #include "cuda/cuda_check.h"
 #include "cuda/embedding.cuh"
+#include "cuda/embedding_device.cuh"
 #include "cuda/kernel_util.h"
 
 namespace m40llm::gpu {
@@ -17,14 +16,8 @@ __global__ void __launch_bounds__(kBlock)
                           int64_t n_tok,
                           float* __restrict__ out) {  // (n_tok, n_embd) FP32
   for (int64_t t = blockIdx.y; t < n_tok; t += gridDim.y) {
-    const int32_t id = __ldg(ids + t);
-    const bool valid = id >= 0 && id < n_vocab;
-    const uint16_t* src = table + (valid ? static_cast<int64_t>(id) : 0) * n_embd;
-    float* dst = out + t * n_embd;
-    for (int64_t c = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; c < n_embd;
-         c += static_cast<int64_t>(gridDim.x) * kBlock) {
-      dst[c] = valid ? internal::LoadHalf(src + c) : NAN;
-    }
+    embedding::EmbeddingGatherRow<kBlock>(t, blockIdx.x, gridDim.x, table, n_vocab, n_embd, ids,
+                                          out);
   }
 }
 

@@ -1,6 +1,7 @@
-// Device-side helpers shared by the kernel families in cuda/*.cu: warp and
-// block reductions, FP16 loads, and grid sizing. Included only by .cu files
-// (it is not a launcher header); C++17 and sm_52 features only.
+// Device-side helpers shared by the kernel families in cuda/ (the .cu files
+// and their *_device.cuh): warp and block reductions, FP16 loads, and grid
+// sizing. Included only by .cu files, directly or through a device header (it
+// is not a launcher header); C++17 and sm_52 features only.
 #pragma once
 
 #if !defined(__CUDACC__)

@@ -5,16 +5,12 @@
 #include "cuda/cuda_check.h"
 #include "cuda/kernel_util.h"
 #include "cuda/rmsnorm.cuh"
+#include "cuda/rmsnorm_device.cuh"
 
 namespace m40llm::gpu {
 namespace {
 
-// One block per row. x and out may alias: every read of the first pass
-// happens before the barrier inside BlockSum, and the second pass reads and
-// writes the same element in the same thread. With kAdd the first pass also
-// adds the residual into x (x[i] += residual[i]); the second pass reads back
-// what the same thread wrote, so the result is bit-identical to an add
-// followed by the plain norm.
+// One block per row (rmsnorm_device.cuh says why x and out may alias).
 template <int kBlock, bool kAdd>
 __global__ void __launch_bounds__(kBlock) RmsNormKernel(float* x,  // (n_rows, n)
                                                         const float* residual,  // (n_rows, n)
@@ -22,23 +18,7 @@ __global__ void __launch_bounds__(kBlock) RmsNormKernel(float* x,  // (n_rows, n
                                                         int64_t n, float eps,
                                                         float* out) {  // (n_rows, n)
   __shared__ float scratch[kBlock / internal::kWarpSize];
-  const int64_t row = blockIdx.x;
-  float* xr = x + row * n;
-  float* yr = out + row * n;
-  float ss = 0.0f;
-  for (int64_t i = threadIdx.x; i < n; i += kBlock) {
-    float v = xr[i];
-    if constexpr (kAdd) {
-      v = v + residual[row * n + i];
-      xr[i] = v;
-    }
-    ss = fmaf(v, v, ss);
-  }
-  ss = internal::BlockSum<kBlock>(ss, scratch);
-  const float scale = 1.0f / sqrtf(ss / static_cast<float>(n) + eps);
-  for (int64_t i = threadIdx.x; i < n; i += kBlock) {
-    yr[i] = xr[i] * scale * __ldg(weight + i);
-  }
+  rmsnorm::RmsNormRow<kBlock, kAdd>(blockIdx.x, x, residual, weight, n, eps, out, scratch);
 }
 
 template <bool kAdd>

@@ -4,15 +4,12 @@
 #include "cuda/cuda_check.h"
 #include "cuda/kernel_util.h"
 #include "cuda/rope.cuh"
+#include "cuda/rope_device.cuh"
 
 namespace m40llm::gpu {
 namespace {
 
-// One block per token. The block first computes the n_rot/2 (cos, sin) pairs
-// of its position into shared memory, then rotates every head with them.
-// The angle is computed in FP64, as in the CPU reference: at position 10^5 an
-// FP32 angle is off by ~4e-3 rad. That is n_rot/2 pow+sincos per token, a
-// negligible cost even at Maxwell's FP64 rate.
+// One block per token (rope_device.cuh).
 template <int kBlock>
 __global__ void __launch_bounds__(kBlock)
     RopeKernel(float* __restrict__ x,  // (n_tok, row_stride)
@@ -22,32 +19,8 @@ __global__ void __launch_bounds__(kBlock)
                const float* __restrict__ freq_factors,  // (n_rot / 2) or null
                bool neox) {
   extern __shared__ float cs[];  // cos in [0, half), sin in [half, 2 * half)
-  const int half = n_rot / 2;
-  const int64_t t = blockIdx.x;
-  const double pos = static_cast<double>(__ldg(positions + t));
-  for (int i = threadIdx.x; i < half; i += kBlock) {
-    double theta = pos * static_cast<double>(freq_scale) *
-                   pow(static_cast<double>(freq_base), -2.0 * i / n_rot);
-    if (freq_factors != nullptr) theta /= static_cast<double>(__ldg(freq_factors + i));
-    double s, c;
-    sincos(theta, &s, &c);
-    cs[i] = static_cast<float>(c);
-    cs[half + i] = static_cast<float>(s);
-  }
-  __syncthreads();
-  float* row = x + t * row_stride;
-  const int n_pairs = n_heads * half;
-  for (int j = threadIdx.x; j < n_pairs; j += kBlock) {
-    const int h = j / half;
-    const int i = j - h * half;
-    float* v = row + static_cast<int64_t>(h) * head_dim;
-    const int a = neox ? i : 2 * i;
-    const int b = neox ? i + half : 2 * i + 1;
-    const float c = cs[i], s = cs[half + i];
-    const float x0 = v[a], x1 = v[b];
-    v[a] = x0 * c - x1 * s;
-    v[b] = x0 * s + x1 * c;
-  }
+  rope::RopeToken<kBlock>(blockIdx.x, x, n_heads, head_dim, row_stride, positions, n_rot, freq_base,
+                          freq_scale, freq_factors, neox, cs);
 }
 
 }  // namespace

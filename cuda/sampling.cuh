@@ -37,37 +37,45 @@ static_assert(sizeof(DeviceSample) == 16 + 8 * kMaxEventLogprobs, "DeviceSample 
 // penalty counts, and the raw values of penalised tokens). Allocate once.
 size_t SampleWorkspaceBytes(int max_seqs, int n_vocab);
 
+// Arguments of LaunchSample.
+struct SampleArgs {
+  // (n_seq, n_vocab) FP32, device. Clobbered: NaN entries become -inf and the
+  // penalties are applied in place.
+  float* logits = nullptr;
+  int n_seq = 0;
+  int n_vocab = 0;
+  // (n_seq) SamplingParams, device; each must pass
+  // SamplingParams::Validate(n_vocab) (the kernel stays memory-safe on
+  // others, but their results are unspecified).
+  const SamplingParams* params = nullptr;
+  // (n_seq, hist_stride) int32 token ids, device, or null (no history). Ids
+  // outside [0, n_vocab) are ignored, as on the host.
+  const int32_t* history = nullptr;
+  int64_t hist_stride = 0;
+  // (n_seq) int32, device; entries are clamped to [0, hist_stride]. May be
+  // null when history is.
+  const int32_t* hist_len = nullptr;
+  const uint64_t* streams = nullptr;  // (n_seq) uint64, device, or null (all 0)
+  // (n_seq) int32 >= 0, device: the generated-token index of each draw.
+  const int32_t* steps = nullptr;
+  // >= SampleWorkspaceBytes(n_seq, n_vocab) bytes of device memory, 4-byte
+  // aligned, not aliasing anything else.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  DeviceSample* out = nullptr;  // (n_seq) DeviceSample, device
+};
+
 // Per sequence s: samples one token from logits row s with params[s], the
 // token history history[s * hist_stride .. + hist_len[s]) for the penalties,
 // and the draw UniformFloat(seed = params[s].seed, stream = streams ? streams[s]
 // : 0, step = steps[s], lane 0), exactly as m40llm::Sample() with the same
-// SamplingParams. Tokens agree with
+// SamplingParams (SampleArgs gives the shapes). Tokens agree with
 // the host unless a truncation or draw level lands within rounding of a
 // cumulative-weight boundary (the weights use the device's expf).
-//
-// logits: (n_seq, n_vocab) FP32, device. Clobbered: NaN entries become -inf
-//   and the penalties are applied in place.
-// params: (n_seq) SamplingParams, device; each must pass
-//   SamplingParams::Validate(n_vocab) (the kernel stays memory-safe on
-//   others, but their results are unspecified).
-// history: (n_seq, hist_stride) int32 token ids, device, or null (no
-//   history). Ids outside [0, n_vocab) are ignored, as on the host.
-// hist_len: (n_seq) int32, device; entries are clamped to [0, hist_stride].
-//   May be null when history is.
-// streams: (n_seq) uint64, device, or null (all 0).
-// steps: (n_seq) int32 >= 0, device: the generated-token index of each draw.
-// workspace: >= SampleWorkspaceBytes(n_seq, n_vocab) bytes of device memory,
-//   4-byte aligned, not aliasing anything else.
-// out: (n_seq) DeviceSample, device.
 //
 // Constraints: 1 <= n_vocab <= kSampleMaxVocab. Sums of weights are exact
 // integer sums of round(w * 2^42), so the result does not depend on thread
 // timing; the order of summation is not part of the contract.
-[[nodiscard]] absl::Status LaunchSample(float* logits, int n_seq, int n_vocab,
-                                        const SamplingParams* params, const int32_t* history,
-                                        int64_t hist_stride, const int32_t* hist_len,
-                                        const uint64_t* streams, const int32_t* steps,
-                                        void* workspace, size_t workspace_bytes, DeviceSample* out,
-                                        cudaStream_t stream);
+[[nodiscard]] absl::Status LaunchSample(const SampleArgs& args, cudaStream_t stream);
 
 }  // namespace m40llm::gpu

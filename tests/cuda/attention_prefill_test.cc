@@ -198,10 +198,24 @@ absl::StatusOr<std::vector<float>> RunGpu(const Problem& p, GpuCall call = {}) {
   ASSIGN_OR_RETURN(auto d_k, ToDevice(p.k));
   ASSIGN_OR_RETURN(auto d_v, ToDevice(p.v));
   ASSIGN_OR_RETURN(auto d_out, PoisonedFloats(p.q.size()));
-  RETURN_IF_ERROR(LaunchPrefillAttention(
-      d_q.get(), p.n_tok, p.h.n_head, p.h.n_head_kv, p.h.head_dim, d_slot.get(), d_pos.get(),
-      d_len.get(), d_row.get(), static_cast<int>(p.chunks.size()), call.max_chunk_len,
-      call.max_context, d_k.get(), d_v.get(), p.max_slots, p.ctx_per_slot, d_out.get(), nullptr));
+  RETURN_IF_ERROR(LaunchPrefillAttention({.q = d_q.get(),
+                                          .n_tok = p.n_tok,
+                                          .n_head = p.h.n_head,
+                                          .chunk_slot = d_slot.get(),
+                                          .chunk_pos = d_pos.get(),
+                                          .chunk_len = d_len.get(),
+                                          .chunk_row = d_row.get(),
+                                          .n_chunks = static_cast<int>(p.chunks.size()),
+                                          .max_chunk_len = call.max_chunk_len,
+                                          .max_context = call.max_context,
+                                          .cache = {.k = d_k.get(),
+                                                    .v = d_v.get(),
+                                                    .max_slots = p.max_slots,
+                                                    .n_head_kv = p.h.n_head_kv,
+                                                    .ctx_per_slot = p.ctx_per_slot,
+                                                    .head_dim = p.h.head_dim},
+                                          .out = d_out.get()},
+                                         nullptr));
   CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
   return ToHost(d_out);
 }
@@ -394,10 +408,22 @@ TEST(PrefillAttention, AgreesWithDecodeOneEntryPerToken) {
         DecodeAttentionWorkspaceBytes(n_seq, h.n_head, h.head_dim, p.ctx_per_slot);
     M40_ASSERT_OK_AND_ASSIGN(auto d_ws, DeviceBuffer<uint8_t>::Allocate(ws_bytes));
     const int max_len = *std::max_element(lengths.begin(), lengths.end());
-    M40_ASSERT_OK(LaunchDecodeAttention(d_q.get(), n_seq, h.n_head, d_slots.get(), d_len.get(),
-                                        max_len, h.n_head_kv, h.head_dim, d_k.get(), d_v.get(),
-                                        p.max_slots, p.ctx_per_slot, d_ws.get(), ws_bytes,
-                                        d_out.get(), nullptr));
+    M40_ASSERT_OK(LaunchDecodeAttention({.q = d_q.get(),
+                                         .n_seq = n_seq,
+                                         .n_head = h.n_head,
+                                         .slots = d_slots.get(),
+                                         .lengths = d_len.get(),
+                                         .max_len = max_len,
+                                         .cache = {.k = d_k.get(),
+                                                   .v = d_v.get(),
+                                                   .max_slots = p.max_slots,
+                                                   .n_head_kv = h.n_head_kv,
+                                                   .ctx_per_slot = p.ctx_per_slot,
+                                                   .head_dim = h.head_dim},
+                                         .workspace = d_ws.get(),
+                                         .workspace_bytes = ws_bytes,
+                                         .out = d_out.get()},
+                                        nullptr));
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     M40_ASSERT_OK_AND_ASSIGN(const std::vector<float> dec, ToHost(d_out));
     std::vector<float> mine(dec.size());
@@ -414,14 +440,14 @@ TEST(PrefillAttention, AgreesWithDecodeOneEntryPerToken) {
 TEST(PrefillAttention, RejectsBadArguments) {
   const float* q = reinterpret_cast<const float*>(256);
   float* out = reinterpret_cast<float*>(256);
-  const uint16_t* c = reinterpret_cast<const uint16_t*>(256);
+  uint16_t* c = reinterpret_cast<uint16_t*>(256);
   const int32_t* idx = reinterpret_cast<const int32_t*>(256);
   struct Call {
     int64_t n_tok = 16;
     int n_head = 8, n_head_kv = 8, head_dim = 64;
     int n_chunks = 1, max_chunk_len = 16, max_context = 32;
     const float* q = nullptr;
-    const uint16_t* cache = nullptr;
+    uint16_t* cache = nullptr;
     float* out = nullptr;
     int max_slots = 4, ctx = 32;
   };
@@ -429,9 +455,24 @@ TEST(PrefillAttention, RejectsBadArguments) {
     if (a.q == nullptr) a.q = q;
     if (a.cache == nullptr) a.cache = c;
     if (a.out == nullptr) a.out = out;
-    return LaunchPrefillAttention(a.q, a.n_tok, a.n_head, a.n_head_kv, a.head_dim, idx, idx, idx,
-                                  idx, a.n_chunks, a.max_chunk_len, a.max_context, a.cache, a.cache,
-                                  a.max_slots, a.ctx, a.out, nullptr)
+    return LaunchPrefillAttention({.q = a.q,
+                                   .n_tok = a.n_tok,
+                                   .n_head = a.n_head,
+                                   .chunk_slot = idx,
+                                   .chunk_pos = idx,
+                                   .chunk_len = idx,
+                                   .chunk_row = idx,
+                                   .n_chunks = a.n_chunks,
+                                   .max_chunk_len = a.max_chunk_len,
+                                   .max_context = a.max_context,
+                                   .cache = {.k = a.cache,
+                                             .v = a.cache,
+                                             .max_slots = a.max_slots,
+                                             .n_head_kv = a.n_head_kv,
+                                             .ctx_per_slot = a.ctx,
+                                             .head_dim = a.head_dim},
+                                   .out = a.out},
+                                  nullptr)
         .code();
   };
   const auto kInvalid = absl::StatusCode::kInvalidArgument;
@@ -457,17 +498,34 @@ TEST(PrefillAttention, RejectsBadArguments) {
   EXPECT_EQ(run(with([&](Call& a) { a.cache = c + 1; })), kInvalid);    // misaligned
   EXPECT_EQ(run(with([&](Call& a) { a.q = q + 1; })), kInvalid);
   EXPECT_EQ(run(with([&](Call& a) { a.out = out + 2; })), kInvalid);
-  EXPECT_EQ(LaunchPrefillAttention(q, 16, 8, 8, 64, idx, idx, idx, idx, 1, 16, 32, nullptr, nullptr,
-                                   4, 32, out, nullptr)
+  // Null caches.
+  EXPECT_EQ(LaunchPrefillAttention(
+                {.q = q,
+                 .n_tok = 16,
+                 .n_head = 8,
+                 .chunk_slot = idx,
+                 .chunk_pos = idx,
+                 .chunk_len = idx,
+                 .chunk_row = idx,
+                 .n_chunks = 1,
+                 .max_chunk_len = 16,
+                 .max_context = 32,
+                 .cache = {.max_slots = 4, .n_head_kv = 8, .ctx_per_slot = 32, .head_dim = 64},
+                 .out = out},
+                nullptr)
                 .code(),
             kInvalid);
   // Nothing to do: no chunks, or no rows.
-  EXPECT_TRUE(LaunchPrefillAttention(nullptr, 16, 8, 8, 64, nullptr, nullptr, nullptr, nullptr, 0,
-                                     0, 32, nullptr, nullptr, 4, 32, nullptr, nullptr)
-                  .ok());
-  EXPECT_TRUE(LaunchPrefillAttention(nullptr, 0, 8, 8, 64, nullptr, nullptr, nullptr, nullptr, 3, 0,
-                                     32, nullptr, nullptr, 4, 32, nullptr, nullptr)
-                  .ok());
+  const PrefillAttentionArgs shape{
+      .n_head = 8,
+      .max_context = 32,
+      .cache = {.max_slots = 4, .n_head_kv = 8, .ctx_per_slot = 32, .head_dim = 64}};
+  PrefillAttentionArgs no_chunks = shape;
+  no_chunks.n_tok = 16;
+  EXPECT_TRUE(LaunchPrefillAttention(no_chunks, nullptr).ok());
+  PrefillAttentionArgs no_rows = shape;
+  no_rows.n_chunks = 3;
+  EXPECT_TRUE(LaunchPrefillAttention(no_rows, nullptr).ok());
 }
 
 }  // namespace

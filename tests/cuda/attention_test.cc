@@ -145,11 +145,23 @@ absl::StatusOr<std::vector<float>> RunGpu(const Problem& p, Workspace ws, int ma
   if (ws == Workspace::kNone) ws_bytes = 0;
   ASSIGN_OR_RETURN(auto d_ws, gpu::DeviceBuffer<uint8_t>::Allocate(ws_bytes));
   RETURN_IF_ERROR(d_ws.FillBytes(0xff));  // stale scratch must not matter
-  RETURN_IF_ERROR(LaunchDecodeAttention(d_q.get(), p.n_seq(), p.h.n_head, d_slots.get(),
-                                        d_len.get(), max_len, p.h.n_head_kv, p.h.head_dim,
-                                        d_k.get(), d_v.get(), p.max_slots, p.ctx_per_slot,
-                                        d_ws.get(), ws_bytes, d_out.get(), nullptr,
-                                        fixed_split_len));
+  RETURN_IF_ERROR(LaunchDecodeAttention({.q = d_q.get(),
+                                         .n_seq = p.n_seq(),
+                                         .n_head = p.h.n_head,
+                                         .slots = d_slots.get(),
+                                         .lengths = d_len.get(),
+                                         .max_len = max_len,
+                                         .cache = {.k = d_k.get(),
+                                                   .v = d_v.get(),
+                                                   .max_slots = p.max_slots,
+                                                   .n_head_kv = p.h.n_head_kv,
+                                                   .ctx_per_slot = p.ctx_per_slot,
+                                                   .head_dim = p.h.head_dim},
+                                         .workspace = d_ws.get(),
+                                         .workspace_bytes = ws_bytes,
+                                         .out = d_out.get(),
+                                         .fixed_split_len = fixed_split_len},
+                                        nullptr));
   CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
   return ToHost(d_out);
 }
@@ -311,12 +323,24 @@ TEST(DecodeAttention, WorkspaceSize) {
 TEST(DecodeAttention, RejectsBadArguments) {
   const float* q = reinterpret_cast<const float*>(256);
   float* out = reinterpret_cast<float*>(256);
-  const uint16_t* c = reinterpret_cast<const uint16_t*>(256);
+  uint16_t* c = reinterpret_cast<uint16_t*>(256);
   const int32_t* idx = reinterpret_cast<const int32_t*>(256);
-  auto call = [&](int n_seq, int n_head, int max_len, int n_head_kv, int head_dim,
-                  const uint16_t* cache, int ctx) {
-    return LaunchDecodeAttention(q, n_seq, n_head, idx, idx, max_len, n_head_kv, head_dim, cache,
-                                 cache, 4, ctx, nullptr, 0, out, nullptr)
+  auto call = [&](int n_seq, int n_head, int max_len, int n_head_kv, int head_dim, uint16_t* cache,
+                  int ctx) {
+    return LaunchDecodeAttention({.q = q,
+                                  .n_seq = n_seq,
+                                  .n_head = n_head,
+                                  .slots = idx,
+                                  .lengths = idx,
+                                  .max_len = max_len,
+                                  .cache = {.k = cache,
+                                            .v = cache,
+                                            .max_slots = 4,
+                                            .n_head_kv = n_head_kv,
+                                            .ctx_per_slot = ctx,
+                                            .head_dim = head_dim},
+                                  .out = out},
+                                 nullptr)
         .code();
   };
   const auto kInvalid = absl::StatusCode::kInvalidArgument;
@@ -329,8 +353,10 @@ TEST(DecodeAttention, RejectsBadArguments) {
   EXPECT_EQ(call(70000, 8, 1, 8, 64, c, 16), kInvalid);
   EXPECT_EQ(call(1, 8, 1, 8, 64, c + 1, 16), kInvalid);  // misaligned cache
   EXPECT_EQ(call(1, 8, 1, 8, 64, nullptr, 16), kInvalid);
-  EXPECT_TRUE(LaunchDecodeAttention(nullptr, 0, 8, nullptr, nullptr, 0, 8, 64, nullptr, nullptr, 4,
-                                    16, nullptr, 0, nullptr, nullptr)
+  EXPECT_TRUE(LaunchDecodeAttention(
+                  {.n_head = 8,
+                   .cache = {.max_slots = 4, .n_head_kv = 8, .ctx_per_slot = 16, .head_dim = 64}},
+                  nullptr)
                   .ok());
 }
 
@@ -358,18 +384,28 @@ TEST(DecodeAttention, QRowStrideMatchesPackedQ) {
   const size_t ws_bytes =
       DecodeAttentionWorkspaceBytes(p.n_seq(), h.n_head, h.head_dim, p.ctx_per_slot);
   M40_ASSERT_OK_AND_ASSIGN(auto d_ws, gpu::DeviceBuffer<uint8_t>::Allocate(ws_bytes));
-  M40_ASSERT_OK(LaunchDecodeAttention(d_q.get(), p.n_seq(), h.n_head, d_slots.get(), d_len.get(),
-                                      1000, h.n_head_kv, h.head_dim, d_k.get(), d_v.get(),
-                                      p.max_slots, p.ctx_per_slot, d_ws.get(), ws_bytes,
-                                      d_out.get(), nullptr, 0, stride));
+  DecodeAttentionArgs args{.q = d_q.get(),
+                           .n_seq = p.n_seq(),
+                           .n_head = h.n_head,
+                           .slots = d_slots.get(),
+                           .lengths = d_len.get(),
+                           .max_len = 1000,
+                           .cache = {.k = d_k.get(),
+                                     .v = d_v.get(),
+                                     .max_slots = p.max_slots,
+                                     .n_head_kv = h.n_head_kv,
+                                     .ctx_per_slot = p.ctx_per_slot,
+                                     .head_dim = h.head_dim},
+                           .workspace = d_ws.get(),
+                           .workspace_bytes = ws_bytes,
+                           .out = d_out.get(),
+                           .fixed_split_len = 0,
+                           .q_row_stride = stride};
+  M40_ASSERT_OK(LaunchDecodeAttention(args, nullptr));
   M40_ASSERT_OK_AND_ASSIGN(auto got, ToHost(d_out));
   EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0);
-  EXPECT_EQ(LaunchDecodeAttention(d_q.get(), p.n_seq(), h.n_head, d_slots.get(), d_len.get(),
-                                  1000, h.n_head_kv, h.head_dim, d_k.get(), d_v.get(),
-                                  p.max_slots, p.ctx_per_slot, d_ws.get(), ws_bytes, d_out.get(),
-                                  nullptr, 0, row - 1)
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  args.q_row_stride = row - 1;
+  EXPECT_EQ(LaunchDecodeAttention(args, nullptr).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(DecodeAttention, FixedSplitsAreBatchInvariant) {

@@ -34,6 +34,16 @@ struct CacheShape {
   int head_dim;
 };
 
+// The cache of shape c in device buffers k and v.
+KvCacheLayer CacheOf(const CacheShape& c, uint16_t* k, uint16_t* v) {
+  return {.k = k,
+          .v = v,
+          .max_slots = c.max_slots,
+          .n_head_kv = c.n_head_kv,
+          .ctx_per_slot = c.ctx_per_slot,
+          .head_dim = c.head_dim};
+}
+
 // As CpuBackend::KvIndex within one layer.
 size_t KvIndex(const CacheShape& c, int slot, int kv_head, int pos) {
   size_t i = static_cast<size_t>(slot);
@@ -118,9 +128,14 @@ void CheckAppend(std::mt19937& rng, const CacheShape& c, int n_tok, int offset, 
   M40_ASSERT_OK_AND_ASSIGN(auto d_pos, ToDevice(positions));
   M40_ASSERT_OK_AND_ASSIGN(auto d_kc, ToDevice(std::vector<uint16_t>(cache_size, kPoison)));
   M40_ASSERT_OK_AND_ASSIGN(auto d_vc, ToDevice(std::vector<uint16_t>(cache_size, kPoison)));
-  M40_ASSERT_OK(LaunchKvAppend(d_k.get() + offset, d_v.get() + offset, n_tok, d_slots.get(),
-                               d_pos.get(), c.n_head_kv, c.head_dim, d_kc.get(), d_vc.get(),
-                               c.max_slots, c.ctx_per_slot, nullptr, gap > 0 ? kv_dim + gap : 0));
+  M40_ASSERT_OK(LaunchKvAppend({.k = d_k.get() + offset,
+                                .v = d_v.get() + offset,
+                                .n_tok = n_tok,
+                                .slots = d_slots.get(),
+                                .positions = d_pos.get(),
+                                .cache = CacheOf(c, d_kc.get(), d_vc.get()),
+                                .row_stride = gap > 0 ? kv_dim + gap : 0},
+                               nullptr));
   M40_ASSERT_OK_AND_ASSIGN(auto got_k, ToHost(d_kc));
   M40_ASSERT_OK_AND_ASSIGN(auto got_v, ToHost(d_vc));
   size_t bad = 0;
@@ -180,8 +195,12 @@ TEST(KvAppend, SkipsOutOfRangeSlotsAndPositions) {
   M40_ASSERT_OK_AND_ASSIGN(auto d_pos, ToDevice(positions));
   M40_ASSERT_OK_AND_ASSIGN(auto d_kc, ToDevice(std::vector<uint16_t>(cache_size, kPoison)));
   M40_ASSERT_OK_AND_ASSIGN(auto d_vc, ToDevice(std::vector<uint16_t>(cache_size, kPoison)));
-  M40_ASSERT_OK(LaunchKvAppend(d_k.get(), d_v.get(), n_tok, d_slots.get(), d_pos.get(), c.n_head_kv,
-                               c.head_dim, d_kc.get(), d_vc.get(), c.max_slots, c.ctx_per_slot,
+  M40_ASSERT_OK(LaunchKvAppend({.k = d_k.get(),
+                                .v = d_v.get(),
+                                .n_tok = n_tok,
+                                .slots = d_slots.get(),
+                                .positions = d_pos.get(),
+                                .cache = CacheOf(c, d_kc.get(), d_vc.get())},
                                nullptr));
   M40_ASSERT_OK_AND_ASSIGN(auto got_k, ToHost(d_kc));
   std::vector<uint16_t> want(cache_size, kPoison);
@@ -195,19 +214,38 @@ TEST(KvAppend, RejectsBadArguments) {
   uint16_t* cache = reinterpret_cast<uint16_t*>(16);
   const float* x = reinterpret_cast<const float*>(16);
   const int32_t* idx = reinterpret_cast<const int32_t*>(16);
-  EXPECT_EQ(LaunchKvAppend(x, x, -1, idx, idx, 1, 8, cache, cache, 1, 1, nullptr).code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(LaunchKvAppend(x, x, 1, idx, idx, 0, 8, cache, cache, 1, 1, nullptr).code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(LaunchKvAppend(x, x, 1, idx, idx, 1, 8, cache, cache, 1, 0, nullptr).code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(LaunchKvAppend(x, x, 1, nullptr, idx, 1, 8, cache, cache, 1, 1, nullptr).code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(LaunchKvAppend(x, x, 1, idx, idx, 1 << 20, 1 << 12, cache, cache, 1, 1, nullptr).code(),
-            absl::StatusCode::kInvalidArgument);
+  // The status code of a call whose arguments are valid but for `edit`.
+  const KvAppendArgs valid{.k = x,
+                           .v = x,
+                           .n_tok = 1,
+                           .slots = idx,
+                           .positions = idx,
+                           .cache = {.k = cache,
+                                     .v = cache,
+                                     .max_slots = 1,
+                                     .n_head_kv = 1,
+                                     .ctx_per_slot = 1,
+                                     .head_dim = 8}};
+  auto code = [&](auto edit) {
+    KvAppendArgs a = valid;
+    edit(a);
+    return LaunchKvAppend(a, nullptr).code();
+  };
+  const auto kInvalid = absl::StatusCode::kInvalidArgument;
+  EXPECT_EQ(code([](KvAppendArgs& a) { a.n_tok = -1; }), kInvalid);
+  EXPECT_EQ(code([](KvAppendArgs& a) { a.cache.n_head_kv = 0; }), kInvalid);
+  EXPECT_EQ(code([](KvAppendArgs& a) { a.cache.ctx_per_slot = 0; }), kInvalid);
+  EXPECT_EQ(code([](KvAppendArgs& a) { a.slots = nullptr; }), kInvalid);
+  EXPECT_EQ(code([](KvAppendArgs& a) {
+              a.cache.n_head_kv = 1 << 20;
+              a.cache.head_dim = 1 << 12;
+            }),
+            kInvalid);
   // Nothing to append: OK without touching any pointer.
   EXPECT_TRUE(
-      LaunchKvAppend(nullptr, nullptr, 0, nullptr, nullptr, 1, 8, nullptr, nullptr, 1, 1, nullptr)
+      LaunchKvAppend(
+          {.n_tok = 0, .cache = {.max_slots = 1, .n_head_kv = 1, .ctx_per_slot = 1, .head_dim = 8}},
+          nullptr)
           .ok());
 }
 

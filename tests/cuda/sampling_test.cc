@@ -403,11 +403,19 @@ void RunBatch(const std::vector<Case>& cases, bool null_streams, Stats* st) {
   M40_ASSERT_OK_AND_ASSIGN(auto d_out, DeviceBuffer<DeviceSample>::Allocate(n_seq));
   M40_ASSERT_OK(d_out.FillBytes(0xff));
   M40_ASSERT_OK(d_ws.FillBytes(0xa5));  // the kernel must not rely on zeroed scratch
-  M40_ASSERT_OK(LaunchSample(d_logits.get(), n_seq, n, d_states.get(),
-                             any_history ? d_history.get() : nullptr, static_cast<int64_t>(stride),
-                             any_history ? d_hist_len.get() : nullptr,
-                             null_streams ? nullptr : d_streams.get(), d_steps.get(), d_ws.get(),
-                             d_ws.bytes(), d_out.get(), nullptr));
+  M40_ASSERT_OK(LaunchSample({.logits = d_logits.get(),
+                              .n_seq = n_seq,
+                              .n_vocab = n,
+                              .params = d_states.get(),
+                              .history = any_history ? d_history.get() : nullptr,
+                              .hist_stride = static_cast<int64_t>(stride),
+                              .hist_len = any_history ? d_hist_len.get() : nullptr,
+                              .streams = null_streams ? nullptr : d_streams.get(),
+                              .steps = d_steps.get(),
+                              .workspace = d_ws.get(),
+                              .workspace_bytes = d_ws.bytes(),
+                              .out = d_out.get()},
+                             nullptr));
   M40_ASSERT_OK(gpu::CudaStatus(cudaDeviceSynchronize(), "sync", __FILE__, __LINE__));
   M40_ASSERT_OK_AND_ASSIGN(auto got, ToHost(d_out));
   SamplerScratch scratch;
@@ -604,31 +612,37 @@ TEST(Sample, RejectsBadArguments) {
   int32_t i = 0;
   DeviceSample o{};
   char ws[64];
-  // Only argument checks run here: every call fails before any launch.
-  EXPECT_EQ(
-      LaunchSample(&f, -1, 4, &s, nullptr, 0, nullptr, nullptr, &i, ws, 64, &o, nullptr).code(),
-      absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(
-      LaunchSample(&f, 1, 0, &s, nullptr, 0, nullptr, nullptr, &i, ws, 64, &o, nullptr).code(),
-      absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(LaunchSample(&f, 1, kSampleMaxVocab + 1, &s, nullptr, 0, nullptr, nullptr, &i, ws, 64,
-                         &o, nullptr)
-                .code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(
-      LaunchSample(nullptr, 1, 4, &s, nullptr, 0, nullptr, nullptr, &i, ws, 64, &o, nullptr).code(),
-      absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(LaunchSample(&f, 1, 4, &s, &i, 1, nullptr, nullptr, &i, ws, 64, &o, nullptr).code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(LaunchSample(&f, 1, 4, &s, nullptr, 0, nullptr, nullptr, &i, ws,
-                         SampleWorkspaceBytes(1, 4) - 1, &o, nullptr)
-                .code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(
-      LaunchSample(&f, 1, 4, &s, nullptr, 0, nullptr, nullptr, &i, nullptr, 64, &o, nullptr).code(),
-      absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(
-      LaunchSample(&f, 0, 4, &s, nullptr, 0, nullptr, nullptr, &i, ws, 64, &o, nullptr).ok());
+  // Only argument checks run here: every call fails before any launch. The
+  // status code of a call whose arguments are valid but for `edit`:
+  const SampleArgs valid{.logits = &f,
+                         .n_seq = 1,
+                         .n_vocab = 4,
+                         .params = &s,
+                         .steps = &i,
+                         .workspace = ws,
+                         .workspace_bytes = 64,
+                         .out = &o};
+  auto code = [&](auto edit) {
+    SampleArgs a = valid;
+    edit(a);
+    return LaunchSample(a, nullptr).code();
+  };
+  const auto kInvalid = absl::StatusCode::kInvalidArgument;
+  EXPECT_EQ(code([](SampleArgs& a) { a.n_seq = -1; }), kInvalid);
+  EXPECT_EQ(code([](SampleArgs& a) { a.n_vocab = 0; }), kInvalid);
+  EXPECT_EQ(code([](SampleArgs& a) { a.n_vocab = kSampleMaxVocab + 1; }), kInvalid);
+  EXPECT_EQ(code([](SampleArgs& a) { a.logits = nullptr; }), kInvalid);
+  EXPECT_EQ(code([&](SampleArgs& a) {
+              a.history = &i;
+              a.hist_stride = 1;
+            }),
+            kInvalid);
+  EXPECT_EQ(code([](SampleArgs& a) { a.workspace_bytes = SampleWorkspaceBytes(1, 4) - 1; }),
+            kInvalid);
+  EXPECT_EQ(code([](SampleArgs& a) { a.workspace = nullptr; }), kInvalid);
+  SampleArgs none = valid;
+  none.n_seq = 0;
+  EXPECT_TRUE(LaunchSample(none, nullptr).ok());
   EXPECT_EQ(SampleWorkspaceBytes(3, 1000), 3u * 1000u * 8u);
 }
 
