@@ -80,8 +80,6 @@ struct WeightMatrix {
   // Bytes of weights held.
   uint64_t bytes() const { return data.size() * sizeof(uint16_t) + blocks.size(); }
 };
-// The name the CUDA tests still use.
-using MatrixF16 = WeightMatrix;
 
 struct LayerWeights {
   std::vector<float> attn_norm;  // (n_embd)

@@ -64,7 +64,7 @@ struct Shape {
 };
 
 double RunCase(ThreadPool& pool, std::mt19937& rng, const Shape& sh, Layout layout, int64_t n_tok) {
-  MatrixF16 w;
+  WeightMatrix w;
   w.rows = sh.rows;
   w.cols = sh.cols;
   w.data = RandomHalves(rng, sh.rows * sh.cols, -1.0f, 1.0f);
