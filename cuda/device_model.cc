@@ -34,6 +34,7 @@ uint64_t WeightBytesFor(const ModelConfig& c) {
                static_cast<uint64_t>(c.n_embd) * sizeof(float);
   if (!c.tied_output) b += MatrixBytes(c.n_vocab, c.n_embd);
   if (c.has_rope_freqs) b += static_cast<uint64_t>(c.n_rot / 2) * sizeof(float);
+  if (c.qkv_bias) b += static_cast<uint64_t>(c.n_layer) * (c.q_dim() + 2 * c.kv_dim()) * sizeof(float);
   return b;
 }
 
@@ -50,7 +51,7 @@ absl::Status DeviceModel::Allocate(const ModelConfig& c, const BackendOptions& o
                                    uint64_t weight_bytes) {
   layers.resize(c.n_layer);
   // Padding per carve: at most 256 bytes per tensor.
-  const uint64_t n_tensors = 9ull * c.n_layer + 4;
+  const uint64_t n_tensors = (c.qkv_bias ? 10ull : 9ull) * c.n_layer + 4;
   ASSIGN_OR_RETURN(weights, DeviceBuffer<uint8_t>::Allocate(weight_bytes + 256 * n_tensors));
   max_slots = o.max_slots;
   ctx_per_slot = o.ctx_per_slot;
@@ -107,6 +108,9 @@ class DeviceSink : public WeightSink {
   }
 
   absl::Status Vector(WeightId id, int layer, std::vector<float> values) override {
+    if (id == WeightId::kBq || id == WeightId::kBk || id == WeightId::kBv) {
+      return Bias(id, layer, values);
+    }
     ASSIGN_OR_RETURN(void* dst, d_->Carve(values.size() * sizeof(float)));
     CUDA_RETURN_IF_ERROR(cudaMemcpy(dst, values.data(), values.size() * sizeof(float),
                                     cudaMemcpyHostToDevice));
@@ -122,6 +126,23 @@ class DeviceSink : public WeightSink {
   }
 
  private:
+  // bq carves room for bq, bk, bv together, in the order of qkv's rows; bk
+  // and bv go after it.
+  absl::Status Bias(WeightId id, int layer, const std::vector<float>& values) {
+    DeviceLayer& L = d_->layers[layer];
+    const int64_t q = c_.q_dim(), kv = c_.kv_dim();
+    if (id == WeightId::kBq) {
+      ASSIGN_OR_RETURN(void* base, d_->Carve(static_cast<uint64_t>(q + 2 * kv) * sizeof(float)));
+      L.qkv_bias = static_cast<const float*>(base);
+    } else if (L.qkv_bias == nullptr) {
+      return absl::InternalError("DeviceSink: biases out of order");
+    }
+    const int64_t at = id == WeightId::kBq ? 0 : id == WeightId::kBk ? q : q + kv;
+    CUDA_RETURN_IF_ERROR(cudaMemcpy(const_cast<float*>(L.qkv_bias) + at, values.data(),
+                                    values.size() * sizeof(float), cudaMemcpyHostToDevice));
+    return absl::OkStatus();
+  }
+
   // Device rows for a matrix: its own carve, except that wq carves room for
   // wq, wk, wv together (and gate for gate, up), which then follow it.
   absl::StatusOr<void*> Place(WeightId id, int layer, int64_t rows, int64_t cols) {

@@ -5,7 +5,7 @@
 //
 // Weights: every matrix (rows, ld) FP16 with ld = cols rounded up to 8 halves
 // (16-byte rows for the matmul kernels; the embedding table stays dense for
-// the gather), norms FP32. KV cache: K and V, [layer][slot][kv_head][pos]
+// the gather), norms and Q/K/V biases FP32. KV cache: K and V, [layer][slot][kv_head][pos]
 // [head_dim] FP16.
 #pragma once
 
@@ -51,6 +51,9 @@ struct DeviceMatrix {
 struct DeviceLayer {
   const float* attn_norm = nullptr;  // (n_embd)
   DeviceMatrix wq, wk, wv, wo;
+  // With qkv_bias (qwen2): bq, bk, bv consecutive, (q_dim + 2 kv_dim) FP32,
+  // matching qkv's rows; null without.
+  const float* qkv_bias = nullptr;
   DeviceMatrix qkv;
   const float* ffn_norm = nullptr;  // (n_embd)
   DeviceMatrix gate, up, down;

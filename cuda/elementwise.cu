@@ -28,6 +28,14 @@ __global__ void __launch_bounds__(kBlock)
 
 template <int kBlock>
 __global__ void __launch_bounds__(kBlock)
+    AddBiasRowsKernel(float* x,  // (n_rows, row_stride)
+                      int64_t n_rows, int64_t n, int64_t row_stride,
+                      const float* bias) {  // (n)
+  elementwise::AddBiasRowsStrided<kBlock>(blockIdx.x, gridDim.x, x, n_rows, n, row_stride, bias);
+}
+
+template <int kBlock>
+__global__ void __launch_bounds__(kBlock)
     AddKernel(const float* a, const float* b, int64_t n, float* out) {  // all (n)
   elementwise::AddStrided<kBlock>(blockIdx.x, gridDim.x, a, b, n, out);
 }
@@ -65,6 +73,23 @@ absl::Status LaunchSwiGluRows(const float* gate_up, int64_t n_rows, int64_t n, f
   SwiGluRowsKernel<kElementwiseBlock>
       <<<internal::GridStrideBlocks(n_rows * n, kElementwiseBlock), kElementwiseBlock, 0,
          stream>>>(gate_up, n_rows, n, out);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
+absl::Status LaunchAddBiasRows(float* x, int64_t n_rows, int64_t n, int64_t row_stride,
+                               const float* bias, cudaStream_t stream) {
+  if (n_rows < 0 || n < 0 || row_stride < n) {
+    return absl::InvalidArgumentError(
+        "LaunchAddBiasRows: sizes must be non-negative with row_stride >= n");
+  }
+  if (n_rows == 0 || n == 0) return absl::OkStatus();
+  if (x == nullptr || bias == nullptr) {
+    return absl::InvalidArgumentError("LaunchAddBiasRows: null pointer");
+  }
+  AddBiasRowsKernel<kElementwiseBlock>
+      <<<internal::GridStrideBlocks(n_rows * n, kElementwiseBlock), kElementwiseBlock, 0,
+         stream>>>(x, n_rows, n, row_stride, bias);
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();
 }

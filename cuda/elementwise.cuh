@@ -1,5 +1,5 @@
-// Elementwise FP32 operators of the feed-forward block: SwiGLU and the
-// residual add.
+// Elementwise FP32 operators: SwiGLU and the residual add of the
+// feed-forward block, and the Q/K/V bias (qwen2).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -21,6 +21,13 @@ namespace m40llm::gpu {
 // device; out must not alias gate_up.
 [[nodiscard]] absl::Status LaunchSwiGluRows(const float* gate_up, int64_t n_rows, int64_t n,
                                             float* out, cudaStream_t stream);
+
+// x[r, c] += bias[c] for r < n_rows, c < n, rows row_stride >= n floats
+// apart (cpu::AddBias on each row). x: (n_rows, row_stride) FP32, bias: (n)
+// FP32, device.
+[[nodiscard]] absl::Status LaunchAddBiasRows(float* x, int64_t n_rows, int64_t n,
+                                             int64_t row_stride, const float* bias,
+                                             cudaStream_t stream);
 
 // out[i] = a[i] + b[i] for n values (residual add).
 // a, b, out: (n) FP32, device; out may equal a or b.

@@ -1,4 +1,5 @@
-// Device side of the elementwise operators (SwiGLU, the residual add): each
+// Device side of the elementwise operators (SwiGLU, the residual add, the
+// Q/K/V bias): each
 // kernel's grid-stride loop as a __device__ function over one block's share
 // of the elements, which the standalone kernels (elementwise.cu) and the
 // persistent decode kernel both call. Included only by .cu files (see
@@ -47,6 +48,22 @@ __device__ __forceinline__ void SwiGluRowsStrided(
     const int64_t c = i - r * n;
     const float* row = gate_up + r * 2 * n;
     out[i] = SwiGlu(row[c], row[n + c]);
+  }
+}
+
+// x[r, c] += bias[c] for the flat indices i = r * n + c that the block owns,
+// as above, rows `row_stride` floats apart (a bias over rows of Q/K/V).
+template <int kBlock>
+__device__ __forceinline__ void AddBiasRowsStrided(unsigned block, unsigned n_blocks,
+                                                   float* x,  // (n_rows, row_stride)
+                                                   int64_t n_rows, int64_t n, int64_t row_stride,
+                                                   const float* bias) {  // (n)
+  const int64_t total = n_rows * n;
+  for (int64_t i = static_cast<int64_t>(block) * kBlock + threadIdx.x; i < total;
+       i += static_cast<int64_t>(n_blocks) * kBlock) {
+    const int64_t r = i / n;
+    const int64_t c = i - r * n;
+    x[r * row_stride + c] += bias[c];
   }
 }
 

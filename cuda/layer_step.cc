@@ -41,7 +41,7 @@ class LayerSteps {
     rope_.freq_base = c.rope_freq_base;
     rope_.freq_scale = c.rope_freq_scale;
     rope_.freq_factors = m.rope_freqs;
-    rope_.neox = false;  // llama: adjacent pairs
+    rope_.neox = c.rope_neox;  // llama: adjacent pairs; qwen2: NeoX halves
   }
 
   absl::Status Run() {
@@ -79,10 +79,19 @@ class LayerSteps {
       k = p_.qkv + q_dim;
       v = p_.qkv + q_dim + kv_dim;
       q_stride = kv_stride = q_dim + 2 * kv_dim;
+      if (w.qkv_bias != nullptr) {
+        RETURN_IF_ERROR(LaunchAddBiasRows(p_.qkv, n_, q_stride, q_stride, w.qkv_bias, st_));
+      }
     } else {
       RETURN_IF_ERROR(MatMul(product_, w.wq, p_.h, n_, p_.q, st_));
       RETURN_IF_ERROR(MatMul(product_, w.wk, p_.h, n_, p_.k, st_));
       RETURN_IF_ERROR(MatMul(product_, w.wv, p_.h, n_, p_.v, st_));
+      if (w.qkv_bias != nullptr) {
+        RETURN_IF_ERROR(LaunchAddBiasRows(p_.q, n_, q_dim, q_dim, w.qkv_bias, st_));
+        RETURN_IF_ERROR(LaunchAddBiasRows(p_.k, n_, kv_dim, kv_dim, w.qkv_bias + q_dim, st_));
+        RETURN_IF_ERROR(
+            LaunchAddBiasRows(p_.v, n_, kv_dim, kv_dim, w.qkv_bias + q_dim + kv_dim, st_));
+      }
     }
     RETURN_IF_ERROR(LaunchRope(q, n_, c_.n_head, c_.head_dim, q_stride, in_.pos, rope_, st_));
     RETURN_IF_ERROR(LaunchRope(k, n_, c_.n_head_kv, c_.head_dim, kv_stride, in_.pos, rope_, st_));

@@ -157,6 +157,20 @@ TEST(CudaBackend, MhaMqaTiedRopeFreqsAndOddSizesMatchCpu) {
   ExpectMatchesCpu(s, 512);
 }
 
+// qwen2: Q/K/V biases (fused rows for decode, separate for prompts) and NeoX
+// RoPE, with a tied output.
+TEST(CudaBackend, Qwen2MatchesCpu) {
+  M40_REQUIRE_CUDA_DEVICE();
+  RandomModelSpec s = Small();
+  s.arch = "qwen2";
+  s.tied_output = true;
+  s.rope_freq_base = 1000000.0f;
+  s.seed = 14;
+  ExpectMatchesCpu(s, 512);
+  s.seed = 15;
+  ExpectMatchesCpu(s, 8);
+}
+
 TEST(CudaBackend, GreedyContinuationMatchesCpuWhereMarginsAllow) {
   M40_REQUIRE_CUDA_DEVICE();
   RandomModelSpec s = Small();

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "engine/cpu_ops.h"
@@ -101,6 +102,33 @@ TEST(Add, IsExact) {
       EXPECT_EQ(m40llm::testing::RelL2(got.data(), want.data(), n), 0.0);
     }
   }
+}
+
+// x + bias on every row, exactly; the padding between rows stays as it was.
+TEST(AddBiasRows, IsExactAndTouchesOnlyTheRows) {
+  M40_REQUIRE_CUDA_DEVICE();
+  const uint32_t seed = m40llm::testing::TestSeed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937 rng(seed);
+  for (const auto& [rows, n, stride] :
+       {std::tuple<int64_t, int64_t, int64_t>{1, 128, 128}, {7, 100, 133}, {64, 1152, 1152},
+        {3, 5, 9}}) {
+    SCOPED_TRACE(::testing::Message() << rows << " rows of " << n << ", stride " << stride);
+    const std::vector<float> x = RandomFloats(rng, rows * stride, -4.0f, 4.0f);
+    const std::vector<float> bias = RandomFloats(rng, n, -1.0f, 1.0f);
+    std::vector<float> want = x;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < n; ++c) want[r * stride + c] += bias[c];
+    }
+    M40_ASSERT_OK_AND_ASSIGN(auto d_x, ToDevice(x));
+    M40_ASSERT_OK_AND_ASSIGN(auto d_bias, ToDevice(bias));
+    M40_ASSERT_OK(LaunchAddBiasRows(d_x.get(), rows, n, stride, d_bias.get(), nullptr));
+    M40_ASSERT_OK_AND_ASSIGN(auto got, ToHost(d_x));
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want[i]) << "element " << i;
+  }
+  EXPECT_EQ(LaunchAddBiasRows(nullptr, 2, 4, 3, nullptr, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(Elementwise, RejectsBadArguments) {
