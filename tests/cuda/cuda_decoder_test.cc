@@ -59,12 +59,7 @@ CudaModel* Model() {
       return m;
     }
     m->backend = std::move(*b);
-    m->target.backend = m->backend.get();
-    m->target.make = [m](const DecoderOptions& d) -> absl::StatusOr<std::unique_ptr<Decoder>> {
-      auto h = HostDecoder::Create(m->backend.get(), d);
-      if (!h.ok()) return h.status();
-      return std::unique_ptr<Decoder>(std::move(*h));
-    };
+    UseHostDecoder(m->backend.get(), &m->target);
     return m;
   }();
   return m;

@@ -36,6 +36,7 @@
 #include "engine/sampler.h"
 #include "gtest/gtest.h"
 #include "persistent/decoder.h"
+#include "persistent/host_decoder.h"
 #include "persistent/protocol.h"
 
 namespace m40llm::testing {
@@ -52,6 +53,16 @@ struct DecoderTarget {
   std::function<absl::StatusOr<std::unique_ptr<Decoder>>(const DecoderOptions&)> make;
 };
 using DecoderTargetFn = DecoderTarget* (*)();
+
+// Makes `t` run host decoders over `backend` (which must outlive it).
+inline void UseHostDecoder(Backend* backend, DecoderTarget* t) {
+  t->backend = backend;
+  t->make = [backend](const DecoderOptions& o) -> absl::StatusOr<std::unique_ptr<Decoder>> {
+    auto d = HostDecoder::Create(backend, o);
+    if (!d.ok()) return d.status();
+    return std::unique_ptr<Decoder>(std::move(*d));
+  };
+}
 
 // A seed for fresh random inputs: $M40LLM_TEST_SEED to replay one.
 inline uint32_t SuiteSeed() {

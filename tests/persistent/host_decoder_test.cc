@@ -90,12 +90,7 @@ CpuModel* Model() {
     }
     m->backend = std::move(*b);
     m->failing = std::make_unique<FailingBackend>(m->backend.get());
-    m->target.backend = m->failing.get();
-    m->target.make = [m](const DecoderOptions& o) -> absl::StatusOr<std::unique_ptr<Decoder>> {
-      auto d = HostDecoder::Create(m->failing.get(), o);
-      if (!d.ok()) return d.status();
-      return std::unique_ptr<Decoder>(std::move(*d));
-    };
+    UseHostDecoder(m->failing.get(), &m->target);
     return m;
   }();
   return m;
