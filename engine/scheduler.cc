@@ -185,6 +185,21 @@ class SchedulerImpl final : public Scheduler {
 
   const SchedulerOptions& options() const override { return opts_; }
   absl::Status health() const override { return Health(); }
+  absl::Status AdmissionCheck() const override {
+    if (absl::Status h = Health(); !h.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("the compute backend failed and serves no more requests: ", h.message()));
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (draining_ || stopping_) {
+      return absl::UnavailableError("the server is draining and accepts no new requests");
+    }
+    if (queue_.size() >= static_cast<size_t>(opts_.queue_size) + free_slots_.size()) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the admission queue is full (", opts_.queue_size, " requests waiting)"));
+    }
+    return absl::OkStatus();
+  }
   std::string decoder_kind() const override { return decoder_->kind(); }
   DecoderProgress decoder_progress() const override { return decoder_->progress(); }
 

@@ -150,6 +150,11 @@ class Scheduler {
 
   virtual SchedulerStats stats() const = 0;
   virtual const SchedulerOptions& options() const = 0;
+  // What Submit would answer right now for a request that passes
+  // validation, without doing any work: UNAVAILABLE while draining, stopped
+  // or after a fault, RESOURCE_EXHAUSTED when the queue is full; else OK.
+  // The front end calls it before tokenizing.
+  virtual absl::Status AdmissionCheck() const { return absl::OkStatus(); }
   // OK while the backend and the decoder can run; otherwise the first's
   // fault, else the second's.
   virtual absl::Status health() const { return absl::OkStatus(); }

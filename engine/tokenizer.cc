@@ -384,6 +384,7 @@ absl::Status Tokenizer::Init() {
   token_bytes_.resize(n);
   for (size_t i = 0; i < n; ++i) {
     token_bytes_[i] = ComputeTokenBytes(static_cast<int32_t>(i));
+    max_token_bytes_ = std::max({max_token_bytes_, token_bytes_[i].size(), v.tokens[i].size()});
   }
   return absl::OkStatus();
 }

@@ -140,6 +140,10 @@ class Tokenizer {
   std::string Decode(std::span<const int32_t> ids) const;
 
   int32_t n_vocab() const { return static_cast<int32_t>(vocab_.tokens.size()); }
+  // The most input bytes one token can stand for (the longest token text or
+  // byte string): a text of more than (n + 1) * max_token_bytes() bytes
+  // encodes to more than n tokens, whatever it holds.
+  size_t max_token_bytes() const { return max_token_bytes_; }
   const Vocab& vocab() const { return vocab_; }
   bool is_spm() const { return kind_ == Kind::kSpm; }
 
@@ -188,6 +192,7 @@ class Tokenizer {
   std::vector<int32_t> special_tokens_;   // control/user-defined/unknown, longest first
   std::vector<std::string> token_bytes_;  // TokenBytes() by id
   std::vector<bool> eog_;                 // IsEog() by id
+  size_t max_token_bytes_ = 1;
   int32_t byte_tokens_[256] = {};         // SPM byte fallback ids (-1: none)
 };
 

@@ -159,9 +159,18 @@ absl::StatusOr<GenerateRequest> InferenceService::ToEngineRequest(
   }
 
   switch (p.prompt_case()) {
-    case v1::GenerateRequest::kText:
+    case v1::GenerateRequest::kText: {
       if (p.text().empty()) {
         return absl::InvalidArgumentError("text is empty: the prompt needs at least one character");
+      }
+      // Longer texts cannot fit the context whatever they hold: refused
+      // before any tokenizing.
+      const size_t limit = (static_cast<size_t>(ctx_per_slot_) + 1) * tokenizer_->max_token_bytes();
+      if (p.text().size() > limit) {
+        return absl::OutOfRangeError(absl::StrCat(
+            "text is ", p.text().size(), " bytes: it cannot fit the context of ", ctx_per_slot_,
+            " tokens (a token stands for at most ", tokenizer_->max_token_bytes(),
+            " bytes, so at most ", limit, " bytes can)"));
       }
       r.prompt =
           EncodePrompt(*tokenizer_, p.text(),
@@ -171,6 +180,7 @@ absl::StatusOr<GenerateRequest> InferenceService::ToEngineRequest(
         return absl::InvalidArgumentError("text encodes to no tokens: the prompt is empty");
       }
       break;
+    }
     case v1::GenerateRequest::kTokens:
       if (p.tokens().ids().empty()) {
         return absl::InvalidArgumentError(
@@ -269,6 +279,14 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* InferenceService::StartStream(
   std::string id = IsValidRequestId(client_id) ? client_id : NewRequestId();
   const SteadyTime deadline = ToSteadyDeadline(context->deadline());
   auto* reactor = new GenerateReactor(scheduler_, metrics_, method, id, context->peer(), deadline);
+  // The cheap refusals first, before any tokenizing: an expired deadline, a
+  // full queue, a draining or failed server.
+  if (proto.ok() && deadline <= Clock::now()) {
+    proto = absl::DeadlineExceededError("the request deadline passed before it was admitted");
+  }
+  if (proto.ok()) {
+    if (absl::Status a = scheduler_->AdmissionCheck(); !a.ok()) proto = a;
+  }
   absl::StatusOr<GenerateRequest> req =
       proto.ok() ? ToEngineRequest(*proto, id) : absl::StatusOr<GenerateRequest>(proto.status());
   if (!req.ok()) {

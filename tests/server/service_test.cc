@@ -80,6 +80,15 @@ class FakeScheduler final : public Scheduler {
     std::lock_guard<std::mutex> lock(mu_);
     submit_error_ = std::move(s);
   }
+  // AdmissionCheck() returns `s`.
+  void FailAdmission(absl::Status s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    admission_error_ = std::move(s);
+  }
+  absl::Status AdmissionCheck() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return admission_error_;
+  }
 
   absl::StatusOr<uint64_t> Submit(GenerateRequest req,
                                   std::shared_ptr<StreamObserver> observer) override {
@@ -172,6 +181,7 @@ class FakeScheduler final : public Scheduler {
   absl::Status submit_error_;
   bool draining_ = false;
   uint64_t next_handle_ = 100;
+  absl::Status admission_error_;
   std::vector<GenerateRequest> submitted_;
   std::vector<uint64_t> handles_;
   std::vector<uint64_t> cancelled_;
@@ -431,6 +441,29 @@ TEST_F(ServiceTest, AddSpecialFollowsTheModelUnlessSet) {
   EXPECT_NE(sub[1].prompt.front(), bos);
   EXPECT_EQ(sub[1].prompt, tokenizer_->Encode("hello world", false, false));
   EXPECT_EQ(sub[2].prompt, sub[0].prompt);
+}
+
+// ---- Admission before work ----------------------------------------------------
+
+TEST_F(ServiceTest, RefusesCheaplyBeforeTokenizing) {
+  scheduler_->SetScript(Script{});
+  // A text longer than the context can hold whatever it says: the bound
+  // comes from the context (64 here) and the longest token.
+  const size_t limit = 65 * tokenizer_->max_token_bytes();
+  StreamResult r = Generate(TextRequest(std::string(limit + 1, 'a')));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::OUT_OF_RANGE);
+  EXPECT_THAT(r.status.error_message(), HasSubstr("cannot fit the context of 64 tokens"));
+  EXPECT_TRUE(scheduler_->submitted().empty());
+  // A full queue (or a draining server) answers before the prompt is read.
+  scheduler_->FailAdmission(absl::ResourceExhaustedError("the admission queue is full (fake)"));
+  r = Generate(TextRequest("hello"));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_TRUE(scheduler_->submitted().empty());
+  scheduler_->FailAdmission(absl::OkStatus());
+  // A deadline that has passed by the time the call is handled.
+  r = Generate(TextRequest("hello"), std::chrono::system_clock::now() - std::chrono::seconds(1));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(scheduler_->submitted().empty());
 }
 
 // ---- Chat ------------------------------------------------------------------
