@@ -1,9 +1,15 @@
 // `m40llm serve` (see server.h).
 #include "server/server.h"
 
+#include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 #include <chrono>
@@ -169,8 +175,49 @@ ChatDefault ResolveChatDefault(const ServeOptions& o, const GgufFile& file, cons
   return d;
 }
 
+// Whether `listen` (host:port) can be bound now, checked before the model
+// loads so that a busy port costs one line, not a load and gRPC's log dump.
+// Port 0 (any free port) always can.
+absl::Status CheckListenable(const std::string& listen, const char* flag) {
+  const size_t colon = listen.rfind(':');
+  if (colon == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, " ", listen, ": expected host:port"));
+  }
+  std::string host = listen.substr(0, colon);
+  const std::string port = listen.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (port == "0") return absl::OkStatus();
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* res = nullptr;
+  const int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &res);
+  if (rc != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, " ", listen, ": cannot resolve it: ", gai_strerror(rc)));
+  }
+  absl::Status status = absl::OkStatus();
+  for (addrinfo* a = res; a != nullptr; a = a->ai_next) {
+    const int fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+    if (fd < 0) continue;
+    const int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0) {
+      status = absl::UnavailableError(
+          absl::StrCat("cannot listen on ", listen, " (", flag, "): ", std::strerror(errno)));
+    }
+    close(fd);
+    if (!status.ok()) break;
+  }
+  freeaddrinfo(res);
+  return status;
+}
+
 absl::Status Start(const ServeOptions& o, Running* run) {
   RETURN_IF_ERROR(CheckOptions(o));
+  RETURN_IF_ERROR(CheckListenable(o.listen, "--listen"));
+  if (!o.metrics_listen.empty()) RETURN_IF_ERROR(CheckListenable(o.metrics_listen, "--metrics-listen"));
   std::string path = o.model;
   if (path.empty()) {
     ASSIGN_OR_RETURN(path, EnsureDemoModel());
@@ -264,7 +311,8 @@ void Stop(const ServeOptions& o, const sigset_t& signals, Running* run) {
         std::clamp(left, std::chrono::milliseconds(0), std::chrono::milliseconds(200)));
     if (idle || Clock::now() >= end) break;
     const timespec no_wait = {0, 0};
-    if (sigtimedwait(&signals, nullptr, &no_wait) > 0) {
+    const int again = sigtimedwait(&signals, nullptr, &no_wait);
+    if (again == SIGINT || again == SIGTERM) {
       spdlog::warn("second signal: not waiting for the remaining requests");
       break;
     }
@@ -290,13 +338,16 @@ int RunServe(const ServeOptions& opts) {
     spdlog::error("{}", std::string(s.message()));
     return 1;
   }
-  // SIGINT and SIGTERM are blocked before any thread starts, so that every
-  // thread inherits the mask and only sigwait() below ever sees them: no
-  // handler runs in signal context.
+  // SIGINT, SIGTERM and SIGHUP are blocked before any thread starts, so that
+  // every thread inherits the mask and only sigtimedwait() below ever sees
+  // them: no handler runs in signal context. SIGHUP (a closed terminal, or
+  // an operator asking for a reload) never kills the server: there is
+  // nothing to reload yet, so it is logged and ignored.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   Running run;
@@ -313,6 +364,10 @@ int RunServe(const ServeOptions& opts) {
   for (;;) {
     const timespec tick = {0, 250 * 1000 * 1000};
     sig = sigtimedwait(&signals, nullptr, &tick);
+    if (sig == SIGHUP) {
+      spdlog::info("received SIGHUP: nothing to reload; still serving");
+      continue;
+    }
     if (sig > 0) break;
     const absl::Status h = run.scheduler->health();  // the backend's, else the decoder's
     run.metrics->BackendState(run.engine.backend->memory(), h.ok());

@@ -72,6 +72,27 @@ class Drain(unittest.TestCase):
                                  f"{h.log_tail(server.log_path)}") from None
         self.assertEqual(code, 0, h.log_tail(server.log_path))
 
+    def test_sighup_is_logged_and_ignored(self):
+        server = self.start()
+        server.proc.send_signal(signal.SIGHUP)
+        h.wait_until(lambda: "received SIGHUP" in server.log(), 5, what="the SIGHUP log line")
+        self.assertIsNone(server.proc.poll(), "SIGHUP must not end the server")
+        self.assertEqual(server.health_status(""), h.health_pb2.HealthCheckResponse.SERVING)
+        s = h.generate(server.inference, self.long(4))
+        self.assertEqual(s.code, h.grpc.StatusCode.OK, s.details)
+        self.assertEqual(len(s.tokens), 4)
+
+    def test_busy_port_is_one_line_before_the_model_loads(self):
+        server = self.start()
+        p = h.subprocess.run([h.BINARY, "serve", "--listen", server.addr, "--metrics-listen", ""],
+                             capture_output=True, text=True, timeout=60,
+                             env={**h.os.environ, "M40LLM_CACHE_DIR": server.dir})
+        self.assertEqual(p.returncode, 1, p.stderr)
+        lines = [l for l in p.stderr.splitlines() if l.strip()]
+        self.assertEqual(len(lines), 1, p.stderr)
+        self.assertIn(f"cannot listen on {server.addr} (--listen)", lines[0])
+        self.assertIn("in use", lines[0])
+
     def test_sigterm_drains_running_and_queued(self):
         server = self.start("--max-batch", "1", "--queue-size", "4", "--ctx-per-slot", "4096",
                             "--drain-timeout", "30")
