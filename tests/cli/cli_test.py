@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -145,6 +146,17 @@ def unit(binary):
             f.write("<<{{ mystery }}>>\n")
         bad = run(binary, "chat-template", "--template", tmpl, "--messages", msgs, check=False)
         assert bad.returncode == 1 and "<<{{ mystery }}>>" in bad.stderr, bad.stderr
+        # Ctrl-C during generate ends the generation, not the process: the text
+        # so far ends with a newline and the stats follow.
+        p = subprocess.Popen([binary, "generate", "-m", model, "-p", "the cat", "-n", "100000",
+                              "-c", "100100", "--ignore-eos", "--temperature", "0"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = p.stdout.read(40)  # some text has streamed
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, (p.returncode, err)
+        assert (first + out).endswith("\n") and "finish: interrupted" in err, err
+
         # generate -f FILE and --prompt - read the prompt from a file and stdin.
         pf = os.path.join(d, "prompt.txt")
         with open(pf, "w") as f:

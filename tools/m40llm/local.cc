@@ -2,6 +2,7 @@
 #include "tools/m40llm/local.h"
 
 #include <algorithm>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -139,6 +140,10 @@ absl::StatusOr<LocalGenerationResult> GenerateLocally(Backend& backend, const To
   const auto t1 = Clock::now();
   std::vector<int32_t> history = ids;
   for (int step = 0; step < g.max_tokens; ++step) {
+    if (g.stop != nullptr && g.stop->load()) {
+      r.finish = "interrupted";
+      break;
+    }
     SampleResult s = Sample(out.logits, g.sampling, history, 0, step, &scratch);
     history.push_back(s.token);
     if (!g.ignore_eos && tok.IsEog(s.token)) {
@@ -156,6 +161,25 @@ absl::StatusOr<LocalGenerationResult> GenerateLocally(Backend& backend, const To
   r.prefill_seconds = Seconds(t0, t1);
   r.decode_seconds = Seconds(t1, t2);
   return r;
+}
+
+namespace {
+std::atomic<bool>* g_interrupt_flag = nullptr;
+
+void OnInterrupt(int) {
+  if (g_interrupt_flag != nullptr) g_interrupt_flag->store(true);
+  std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C ends the process
+}
+}  // namespace
+
+InterruptToFlag::InterruptToFlag(std::atomic<bool>* flag) {
+  g_interrupt_flag = flag;
+  std::signal(SIGINT, OnInterrupt);
+}
+
+InterruptToFlag::~InterruptToFlag() {
+  std::signal(SIGINT, SIG_DFL);
+  g_interrupt_flag = nullptr;
 }
 
 void PrintGenerationStats(const LocalGenerationResult& r) {

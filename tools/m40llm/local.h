@@ -3,6 +3,7 @@
 // files and standard input, and one sequence's generation loop.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -58,11 +59,24 @@ struct LocalGeneration {
   SamplingParams sampling;
   int max_tokens = 128;
   bool ignore_eos = false;
+  // Checked before every token: when it turns true the generation ends
+  // (finish "interrupted") and its stats are still reported.
+  const std::atomic<bool>* stop = nullptr;
+};
+
+// Until the returned guard is destroyed, SIGINT (Ctrl-C) sets `*flag`
+// instead of killing the process; a second SIGINT kills it as usual.
+class InterruptToFlag {
+ public:
+  explicit InterruptToFlag(std::atomic<bool>* flag);
+  ~InterruptToFlag();
+  InterruptToFlag(const InterruptToFlag&) = delete;
+  InterruptToFlag& operator=(const InterruptToFlag&) = delete;
 };
 
 struct LocalGenerationResult {
   std::vector<int32_t> tokens;  // generated, the end-of-generation token excluded
-  std::string finish = "length";  // or "stop"
+  std::string finish = "length";  // or "stop", "interrupted"
   int prompt_tokens = 0;
   int prefilled_tokens = 0;  // those not already in the KV cache
   double prefill_seconds = 0, decode_seconds = 0;

@@ -3,6 +3,7 @@
 // client (talks to one).
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -70,6 +71,11 @@ int RunGenerate(GenerateOpts& o) {
   g.sampling = o.sampling;
   g.max_tokens = o.max_tokens;
   g.ignore_eos = o.ignore_eos;
+  // Ctrl-C ends the generation, not the process: the text so far and the
+  // stats are still printed.
+  std::atomic<bool> interrupted{false};
+  InterruptToFlag on_ctrl_c(&interrupted);
+  g.stop = &interrupted;
   auto r = GenerateLocally(*engine->backend, **tok, ids, /*cached=*/0, g, &detok,
                            [](const std::string& text) {
                              std::fputs(text.c_str(), stdout);
