@@ -243,7 +243,18 @@ absl::Status Start(const ServeOptions& o, Running* run) {
     spdlog::warn("--ctx-per-slot {} exceeds the model's training context {}",
                  spec.options.ctx_per_slot, c.n_ctx_train);
   }
-  ASSIGN_OR_RETURN(run->engine, LoadBackend(*file, spec));
+  // Load progress as log lines, every tenth, for files over 64 MiB.
+  int last_tenth = 0;
+  const bool log_progress = file->size() > (64u << 20);
+  const ProgressFn progress = [&](const LoadProgress& p) {
+    if (!log_progress || p.bytes_total == 0) return;
+    const int tenth = static_cast<int>(10 * p.bytes_done / p.bytes_total);
+    if (tenth <= last_tenth) return;
+    last_tenth = tenth;
+    spdlog::info("loading {}: {}% ({:.0f} of {:.0f} MiB)", path, 10 * tenth, MiB(p.bytes_done),
+                 MiB(p.bytes_total));
+  };
+  ASSIGN_OR_RETURN(run->engine, LoadBackend(*file, spec, progress));
   const Backend& backend = *run->engine.backend;
   const BackendOptions& bo = backend.options();
   const std::string device = backend.device();

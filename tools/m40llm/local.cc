@@ -1,6 +1,8 @@
 // Local (in-process) model use shared by the CLI subcommands (see local.h).
 #include "tools/m40llm/local.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <csignal>
 #include <cstdio>
@@ -59,7 +61,8 @@ absl::StatusOr<LoadedBackend> LoadEngine(const GgufFile& f, const ModelOpts& o, 
   if (o.ctx <= 0 && need_ctx > spec.options.ctx_per_slot) {
     spec.options.ctx_per_slot = std::min(need_ctx, c.n_ctx_train);
   }
-  const bool show = f.size() > (64u << 20);
+  // A \r progress line, for models over 64 MiB, and only on a terminal.
+  const bool show = f.size() > (64u << 20) && isatty(STDERR_FILENO) != 0;
   auto t0 = Clock::now();
   int last_pct = -1;
   ProgressFn progress = [&](const LoadProgress& p) {
