@@ -60,6 +60,14 @@ GenerateReactor::GenerateReactor(Scheduler* scheduler, Metrics* metrics, const c
 
 GenerateReactor::~GenerateReactor() = default;
 
+bool GenerateReactor::DeadlineNear() const {
+  // A client whose deadline passes cancels the stream itself, and that cancel
+  // (or the failed write it causes) can reach us before our copy of the
+  // deadline, taken when the request arrived, expires. Within 50 ms of the
+  // deadline it is taken as the deadline, not as the client's choice.
+  return std::chrono::steady_clock::now() + std::chrono::milliseconds(50) >= deadline_;
+}
+
 void GenerateReactor::Reject(const absl::Status& status) {
   Action action;
   {
@@ -136,8 +144,12 @@ void GenerateReactor::OnWriteDone(bool ok) {
     write_in_flight_ = false;
     if (!ok && !stream_broken_) {
       // The stream is gone; OnCancel() usually follows, but stop the work now.
+      // A write that fails at the client's deadline is the deadline (its
+      // expiry cancels the stream), as in OnCancel.
       stream_broken_ = true;
-      cancel_status_ = absl::CancelledError("the client went away (a write failed)");
+      cancel_status_ = DeadlineNear()
+                           ? absl::DeadlineExceededError("the client's deadline passed")
+                           : absl::CancelledError("the client went away (a write failed)");
       if (!done_) cancel = handle_;
     }
     why = cancel_status_;
@@ -155,13 +167,8 @@ void GenerateReactor::OnCancel() {
     absl::MutexLock lock(&mu_);
     if (!stream_broken_) {
       stream_broken_ = true;
-      // A client whose deadline passes cancels the stream itself, and that
-      // cancel can reach us before our copy of the deadline (taken when the
-      // request arrived) expires. A cancel within 50 ms of the deadline is
-      // therefore taken as the deadline, not as the client's choice.
-      cancel_status_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(50) >= deadline_
-                           ? absl::DeadlineExceededError("the client's deadline passed")
-                           : absl::CancelledError("the client cancelled the call");
+      cancel_status_ = DeadlineNear() ? absl::DeadlineExceededError("the client's deadline passed")
+                                      : absl::CancelledError("the client cancelled the call");
     }
     if (!done_) cancel = handle_;
     why = cancel_status_;

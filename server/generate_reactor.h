@@ -61,6 +61,9 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
   friend class GenerateObserver;
   using Clock = std::chrono::steady_clock;
 
+  // Whether the client's deadline has passed or is about to.
+  bool DeadlineNear() const;
+
   ~GenerateReactor() override;
 
   // From the observer (scheduler threads).
