@@ -193,10 +193,11 @@ class StartupErrors(unittest.TestCase):
             taken.listen()
             port = taken.getsockname()[1]
             for args, needle in [
+                # Taken ports: one line, before the model loads.
                 (["--listen", f"127.0.0.1:{port}", "--metrics-listen", "127.0.0.1:0"],
-                 f"cannot listen on '127.0.0.1:{port}'"),
+                 f"cannot listen on 127.0.0.1:{port} (--listen): Address already in use"),
                 (["--listen", "127.0.0.1:0", "--metrics-listen", f"127.0.0.1:{port}"],
-                 f"cannot serve metrics on 127.0.0.1:{port}"),
+                 f"cannot listen on 127.0.0.1:{port} (--metrics-listen): Address already in use"),
                 (["--listen", "127.0.0.1:0", "--max-batch", "0"], "--max-batch"),
                 (["--listen", "127.0.0.1:0", "--model", "/nonexistent/m.gguf"],
                  "/nonexistent/m.gguf"),
@@ -205,6 +206,8 @@ class StartupErrors(unittest.TestCase):
                     p = self.serve(*args)
                     self.assertEqual(p.returncode, 1, p.stderr)
                     self.assertIn(needle, p.stderr)
+                    if "Address already in use" in needle:
+                        self.assertEqual(len(p.stderr.strip().splitlines()), 1, p.stderr)
 
 
 if __name__ == "__main__":
