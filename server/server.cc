@@ -140,6 +140,10 @@ absl::Status CheckOptions(const ServeOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("--max-tokens-per-pass must be >= 1, got ", o.max_tokens_per_pass));
   }
+  if (o.max_tokens_limit < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-tokens-limit must be >= 0 (0 = no limit), got ", o.max_tokens_limit));
+  }
   if (o.queue_size < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("--queue-size must be >= 0, got ", o.queue_size));
@@ -284,12 +288,14 @@ absl::Status Start(const ServeOptions& o, Running* run) {
   ASSIGN_OR_RETURN(run->scheduler,
                    Scheduler::Create(run->engine.backend.get(), std::move(decoder),
                                      run->tokenizer.get(), so, run->metrics.get()));
-  ChatDefault chat = ResolveChatDefault(o, *file, *run->tokenizer);
-  if (!o.chat_template.empty() && !chat.family.ok()) return chat.family.status();
+  ServicePolicy policy;
+  policy.chat = ResolveChatDefault(o, *file, *run->tokenizer);
+  if (!o.chat_template.empty() && !policy.chat.family.ok()) return policy.chat.family.status();
+  policy.max_tokens_limit = o.max_tokens_limit;
   run->metrics->DecoderKind(run->scheduler->decoder_kind());
   run->service = std::make_unique<InferenceService>(
       run->scheduler.get(), run->tokenizer.get(), run->metrics.get(),
-      MakeModelInfo(*file, backend, run->engine.weight_bytes, *run->tokenizer), std::move(chat));
+      MakeModelInfo(*file, backend, run->engine.weight_bytes, *run->tokenizer), std::move(policy));
   int port = 0;
   ASSIGN_OR_RETURN(run->server, StartGrpcServer(o.listen, run->service.get(),
                                                 v1::Inference::service_full_name(), &port));

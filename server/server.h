@@ -23,6 +23,7 @@ struct ServeOptions {
   int threads = 0;                              // CPU threads; 0: all cores
   std::string chat_template;                    // Chat's default: family name or file; empty: the model's
   std::string weights = "native";               // "native" or "f16"
+  int max_tokens_limit = 0;                     // most tokens a request may generate; 0: none
   std::string log_level = "info";
   std::string log_format = "text";  // "text" or "json"
 };

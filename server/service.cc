@@ -93,7 +93,8 @@ std::vector<int32_t> EncodePrompt(const Tokenizer& tokenizer, std::string_view t
 }
 
 InferenceService::InferenceService(Scheduler* scheduler, const Tokenizer* tokenizer,
-                                   Metrics* metrics, v1::ModelInfo model_info, ChatDefault chat)
+                                   Metrics* metrics, v1::ModelInfo model_info,
+                                   ServicePolicy policy)
     : scheduler_(scheduler),
       tokenizer_(tokenizer),
       metrics_(metrics),
@@ -102,10 +103,14 @@ InferenceService::InferenceService(Scheduler* scheduler, const Tokenizer* tokeni
         model_info.set_ctx_per_slot(scheduler->options().ctx_per_slot);
         model_info.set_max_batch(scheduler->options().max_batch);
         model_info.set_queue_size(scheduler->options().queue_size);
-        if (chat.family.ok()) model_info.set_chat_template(std::string(ChatFamilyName(*chat.family)));
+        if (policy.chat.family.ok()) {
+          model_info.set_chat_template(std::string(ChatFamilyName(*policy.chat.family)));
+        }
+        model_info.set_max_tokens_limit(policy.max_tokens_limit);
         return std::move(model_info);
       }()),
-      chat_(std::move(chat)) {}
+      chat_(std::move(policy.chat)),
+      max_tokens_limit_(policy.max_tokens_limit) {}
 
 absl::StatusOr<v1::GenerateRequest> InferenceService::ChatToGenerate(
     const v1::ChatRequest& chat) const {
@@ -219,11 +224,18 @@ absl::StatusOr<GenerateRequest> InferenceService::ToEngineRequest(
       return absl::InvalidArgumentError(
           absl::StrCat("max_tokens must be in [1, ", kMaxMaxTokens, "], got ", p.max_tokens()));
     }
+    if (max_tokens_limit_ > 0 && p.max_tokens() > max_tokens_limit_) {
+      return absl::InvalidArgumentError(absl::StrCat("max_tokens ", p.max_tokens(),
+                                                     " exceeds this server's limit of ",
+                                                     max_tokens_limit_, " (--max-tokens-limit)"));
+    }
     r.max_tokens = p.max_tokens();
   } else {
-    // What fits; a prompt that fills the context still asks for one token and
-    // gets the scheduler's OUT_OF_RANGE.
-    r.max_tokens = std::max(1, std::min(kDefaultMaxTokens, ctx_per_slot_ - prompt_len));
+    // What fits (and the server's limit); a prompt that fills the context
+    // still asks for one token and gets the scheduler's OUT_OF_RANGE.
+    int32_t n = std::min(kDefaultMaxTokens, ctx_per_slot_ - prompt_len);
+    if (max_tokens_limit_ > 0) n = std::min(n, max_tokens_limit_);
+    r.max_tokens = std::max(1, n);
   }
 
   if (p.stop_size() > kMaxStopStrings) {

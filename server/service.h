@@ -58,13 +58,21 @@ struct ChatDefault {
   std::string eos_text;  // the model's EOS token text (zephyr ends turns with it)
 };
 
+// Server-wide request policy.
+struct ServicePolicy {
+  ChatDefault chat;
+  // Most tokens one request may generate (--max-tokens-limit); 0: only the
+  // context and kMaxMaxTokens bound it.
+  int32_t max_tokens_limit = 0;
+};
+
 class InferenceService final : public InferenceServiceBase {
  public:
   // `scheduler` and `tokenizer` must outlive the service (and the server
   // running it); `metrics` may be null. `model_info` describes the model;
   // ctx_per_slot, max_batch and queue_size are filled in from the scheduler.
   InferenceService(Scheduler* scheduler, const Tokenizer* tokenizer, Metrics* metrics,
-                   v1::ModelInfo model_info, ChatDefault chat = {});
+                   v1::ModelInfo model_info, ServicePolicy policy = {});
 
   // Validates `proto` and turns it into a scheduler request with id
   // `request_id` (deadline left unset): INVALID_ARGUMENT naming the field for
@@ -106,6 +114,7 @@ class InferenceService final : public InferenceServiceBase {
   const int32_t ctx_per_slot_;
   const v1::ModelInfo model_info_;
   const ChatDefault chat_;
+  const int32_t max_tokens_limit_;
 };
 
 }  // namespace m40llm

@@ -443,6 +443,31 @@ TEST_F(ServiceTest, AddSpecialFollowsTheModelUnlessSet) {
   EXPECT_EQ(sub[2].prompt, sub[0].prompt);
 }
 
+// ---- The server's max_tokens limit ----------------------------------------------
+
+TEST_F(ServiceTest, MaxTokensLimitRefusesLargerRequestsAndCapsTheDefault) {
+  ServicePolicy policy;
+  policy.max_tokens_limit = 10;
+  v1::ModelInfo info;
+  InferenceService svc(scheduler_.get(), tokenizer_.get(), nullptr, info, policy);
+  v1::GenerateRequest p = TextRequest("hello");
+  p.set_max_tokens(11);
+  auto r = svc.ToEngineRequest(p, "id");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("--max-tokens-limit"));
+  p.set_max_tokens(10);
+  ASSERT_TRUE(svc.ToEngineRequest(p, "id").ok());
+  p.clear_max_tokens();  // the default: min(256, what fits, the limit)
+  auto d = svc.ToEngineRequest(p, "id");
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->max_tokens, 10);
+  // Without a limit the default is what fits the context of 64.
+  auto free = service_->ToEngineRequest(p, "id");
+  ASSERT_TRUE(free.ok());
+  EXPECT_EQ(free->max_tokens, 64 - static_cast<int32_t>(free->prompt.size()));
+}
+
 // ---- Admission before work ----------------------------------------------------
 
 TEST_F(ServiceTest, RefusesCheaplyBeforeTokenizing) {

@@ -398,6 +398,11 @@ int Main(int argc, char** argv) {
       ->capture_default_str();
   s->add_option("-t,--threads", sv.threads, "CPU threads (default: all cores)")
       ->envname("M40LLM_THREADS");
+  s->add_option("--max-tokens-limit", sv.max_tokens_limit,
+                "most tokens one request may generate; larger max_tokens are refused (0: no "
+                "limit beyond the context)")
+      ->envname("M40LLM_MAX_TOKENS_LIMIT")
+      ->capture_default_str();
   s->add_option("--weights", sv.weights,
                 "native: quantised matrices stay in their blocks (cpu; cuda dequantises to FP16 "
                 "for now); f16: dequantised to FP16 at load")
