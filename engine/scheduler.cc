@@ -98,10 +98,7 @@ class SchedulerImpl final : public Scheduler {
   absl::StatusOr<uint64_t> Submit(GenerateRequest req,
                                   std::shared_ptr<StreamObserver> observer) override {
     RETURN_IF_ERROR(Validate(req));
-    if (absl::Status h = Health(); !h.ok()) {
-      return absl::UnavailableError(
-          absl::StrCat("the compute backend failed and serves no more requests: ", h.message()));
-    }
+    RETURN_IF_ERROR(HealthForAdmission());
     auto r = std::make_shared<Request>();
     r->req = std::move(req);
     r->obs = std::move(observer);
@@ -110,14 +107,7 @@ class SchedulerImpl final : public Scheduler {
     r->detok->ContinueAfter(r->req.prompt);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (draining_ || stopping_) {
-        return absl::UnavailableError("the server is draining and accepts no new requests");
-      }
-      // Queued requests that free slots will take at once are not waiting.
-      if (queue_.size() >= static_cast<size_t>(opts_.queue_size) + free_slots_.size()) {
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "the admission queue is full (", opts_.queue_size, " requests waiting)"));
-      }
+      RETURN_IF_ERROR(RoomLocked());
       r->handle = ++next_handle_;
       queue_.push_back(r);
       live_[r->handle] = r;
@@ -186,19 +176,9 @@ class SchedulerImpl final : public Scheduler {
   const SchedulerOptions& options() const override { return opts_; }
   absl::Status health() const override { return Health(); }
   absl::Status AdmissionCheck() const override {
-    if (absl::Status h = Health(); !h.ok()) {
-      return absl::UnavailableError(
-          absl::StrCat("the compute backend failed and serves no more requests: ", h.message()));
-    }
+    RETURN_IF_ERROR(HealthForAdmission());
     std::lock_guard<std::mutex> lock(mu_);
-    if (draining_ || stopping_) {
-      return absl::UnavailableError("the server is draining and accepts no new requests");
-    }
-    if (queue_.size() >= static_cast<size_t>(opts_.queue_size) + free_slots_.size()) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("the admission queue is full (", opts_.queue_size, " requests waiting)"));
-    }
-    return absl::OkStatus();
+    return RoomLocked();
   }
   std::string decoder_kind() const override { return decoder_->kind(); }
   DecoderProgress decoder_progress() const override { return decoder_->progress(); }
@@ -208,6 +188,27 @@ class SchedulerImpl final : public Scheduler {
   absl::Status Health() const {
     absl::Status h = backend_->health();
     return h.ok() ? decoder_->health() : h;
+  }
+
+  // Health() as Submit answers it: UNAVAILABLE with the fault.
+  absl::Status HealthForAdmission() const {
+    const absl::Status h = Health();
+    if (h.ok()) return h;
+    return absl::UnavailableError(
+        absl::StrCat("the compute backend failed and serves no more requests: ", h.message()));
+  }
+
+  // Whether a new request can be queued now; mu_ held.
+  absl::Status RoomLocked() const {
+    if (draining_ || stopping_) {
+      return absl::UnavailableError("the server is draining and accepts no new requests");
+    }
+    // Queued requests that free slots will take at once are not waiting.
+    if (queue_.size() >= static_cast<size_t>(opts_.queue_size) + free_slots_.size()) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the admission queue is full (", opts_.queue_size, " requests waiting)"));
+    }
+    return absl::OkStatus();
   }
 
   absl::Status Validate(const GenerateRequest& req) const {

@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -12,22 +11,6 @@
 
 namespace m40llm {
 namespace {
-
-// Polling backoff for an idle loop: yield briefly, then sleep up to 200 us.
-class Backoff {
- public:
-  void Reset() { n_ = 0; }
-  void Wait() {
-    if (++n_ < 64) {
-      std::this_thread::yield();
-      return;
-    }
-    std::this_thread::sleep_for(std::chrono::microseconds(std::min(200, (n_ - 63) * 10)));
-  }
-
- private:
-  int n_ = 0;
-};
 
 int64_t SteadyNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -220,11 +203,11 @@ void HostDecoder::Admit(const Command& c) {
 void HostDecoder::Emit(const Event& e) {
   emitted_ = true;
   if (rings_->events.TryPush(e)) return;
-  // Backpressure, never overwrite: let the consumer at what is there.
+  // Backpressure, never overwrite: let the consumer at what is there, and
+  // wait for room (the ring's own backoff: spin, yield, short sleeps).
   SignalEvents();
   emitted_ = true;
-  Backoff backoff;
-  while (!rings_->events.TryPush(e)) backoff.Wait();
+  rings_->events.PushWait(e, std::chrono::nanoseconds::max());
 }
 
 void HostDecoder::Finish(int slot, FinishReason reason) {

@@ -1,5 +1,5 @@
 // The ring protocol between the host (front end, scheduler, prefill) and a
-// decoder (persistent/decoder.h: the host decode loop, the persistent CUDA
+// decoder (persistent/decoder.h: the host decoder, the persistent CUDA
 // kernel).
 //
 // Two single-producer/single-consumer rings live in one host-pinned block:

@@ -1,5 +1,5 @@
 // When a sequence ends on its own: the one rule every decoder applies (the
-// host decode loop on the host, the persistent kernel on the device) to every
+// host decoder on the host, the persistent kernel on the device) to every
 // generated token, the first one (sampled by prefill) included. The host
 // never decides it; it only cancels (persistent/protocol.h). Must stay valid
 // C++17: CUDA sources include it.

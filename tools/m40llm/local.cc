@@ -106,15 +106,18 @@ void AddSamplingOpts(CLI::App* app, SamplingParams* p) {
   app->add_option("--seed", p->seed, "sampling seed")->capture_default_str();
 }
 
-absl::StatusOr<std::string> ReadPromptArg(const std::string& prompt, const std::string& file) {
-  if (!file.empty()) {
-    std::ifstream in(file, std::ios::binary);
-    if (!in) return absl::NotFoundError(absl::StrCat("cannot read the prompt file ", file));
-    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  }
-  if (prompt == "-") {
+absl::StatusOr<std::string> ReadFileOrStdin(const std::string& path) {
+  if (path == "-") {
     return std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
   }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+absl::StatusOr<std::string> ReadPromptArg(const std::string& prompt, const std::string& file) {
+  if (!file.empty()) return ReadFileOrStdin(file);
+  if (prompt == "-") return ReadFileOrStdin("-");
   return prompt;
 }
 

@@ -52,6 +52,10 @@ int Fail(const absl::Status& s);
 // --temperature, --top-k, --top-p, --min-p, the penalties and --seed.
 void AddSamplingOpts(CLI::App* app, SamplingParams* p);
 
+// The whole of file `path`, or of standard input for "-"; NotFound naming
+// the path when it cannot be read.
+absl::StatusOr<std::string> ReadFileOrStdin(const std::string& path);
+
 // The prompt of -f FILE, or of --prompt (standard input for "-").
 absl::StatusOr<std::string> ReadPromptArg(const std::string& prompt, const std::string& file);
 
